@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make run` serves, `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEV_ADMIN_TOKEN := dev-admin-token-change-me
+
+export HOST ?= 127.0.0.1
+export PORT ?= 8000
+
+.PHONY: run test lint bench setup db check clean
+
+run: setup db
+	@if [ -z "$$ADMIN_TOKEN" ]; then \
+	  echo "make run: ADMIN_TOKEN not set; using the development token '$(DEV_ADMIN_TOKEN)' (never in production)"; \
+	fi
+	@echo "make run: serving on http://$(HOST):$(PORT) (Ctrl-C stops it)"
+	ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" exec $(BIN)/coupon-service
+
+test: setup check
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup db
+	@bash loadtest/bench.sh
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+check: setup
+	@$(BIN)/couponctl check
+
+db: check
+	@$(BIN)/couponctl migrate --create-db
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

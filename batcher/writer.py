@@ -1,0 +1,119 @@
+"""Flushes a worker's buffer to PostgreSQL by size or age, retrying with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import asyncpg
+
+from . import sink
+from .buffer import Buffer
+
+logger = logging.getLogger(__name__)
+
+_FIRST_RETRY_S = 0.05
+
+
+class Writer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        buffer: Buffer,
+        *,
+        flush_batch_rows: int,
+        flush_interval_s: float,
+        retry_max_s: float,
+    ) -> None:
+        if flush_batch_rows < 1:
+            raise ValueError(f"flush_batch_rows must be positive, got {flush_batch_rows}")
+        if flush_interval_s <= 0:
+            raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s}")
+        self._pool = pool
+        self._buffer = buffer
+        self._batch_rows = flush_batch_rows
+        self._interval_s = flush_interval_s
+        self._retry_max_s = retry_max_s
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("writer already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="issue-writer")
+
+    def notify(self) -> None:
+        """Called after rows were added: a full batch is flushed without waiting for the tick."""
+        if len(self._buffer) >= self._batch_rows:
+            self._wakeup.set()
+
+    async def flush(self) -> int:
+        """Write the oldest batch; raises if PostgreSQL refused it (the rows stay)."""
+        records = self._buffer.oldest(self._batch_rows)
+        if not records:
+            return 0
+        async with self._pool.acquire() as conn:
+            await sink.write(conn, records)
+        self._buffer.mark_stored(len(records))
+        return len(records)
+
+    async def _run(self) -> None:
+        backoff_s = _FIRST_RETRY_S
+        while not self._closing:
+            if len(self._buffer) < self._batch_rows:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
+                except asyncio.TimeoutError:
+                    pass
+            self._wakeup.clear()
+            try:
+                while len(self._buffer) and not self._closing:
+                    await self.flush()
+                    if len(self._buffer) < self._batch_rows:
+                        break
+                backoff_s = _FIRST_RETRY_S
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "flush failed (%s); %d rows kept, retrying in %.2fs",
+                    self.last_error,
+                    len(self._buffer),
+                    backoff_s,
+                )
+                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+                backoff_s = min(backoff_s * 2, self._retry_max_s)
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop the loop, then drain every buffered row, retrying until the timeout."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        try:
+            await asyncio.shield(self._drain(timeout_s))
+        except asyncio.TimeoutError:
+            logger.error(
+                "drain overran its %.1fs budget: %d rows not stored (reconcile from Redis recovers them)",
+                timeout_s,
+                len(self._buffer),
+            )
+
+    async def _drain(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        backoff_s = _FIRST_RETRY_S
+        while len(self._buffer):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            try:
+                await asyncio.wait_for(self.flush(), remaining)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("drain flush failed (%s); %d rows left", exc, len(self._buffer))
+                await asyncio.sleep(min(backoff_s, max(0.0, deadline - time.monotonic())))
+                backoff_s = min(backoff_s * 2, self._retry_max_s)

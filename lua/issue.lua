@@ -1,0 +1,55 @@
+-- Decide a batch of issue requests for one event, atomically, in arrival order.
+-- KEYS[1] meta:  hash status, quantity, starts_at (µs), ends_at (µs, 0 = open-ended), expire_at (ms)
+-- KEYS[2] seq:   the last ordinal handed out
+-- KEYS[3] users: hash user id -> "ordinal:issued_at_us"
+-- ARGV[1..n]     the user ids
+-- Returns {now_us, outcome_1, ..., outcome_n}: an outcome > 0 is the user's new ordinal,
+-- otherwise one of the codes below (service/decision.py names them too).
+local meta_key, seq_key, users_key = KEYS[1], KEYS[2], KEYS[3]
+local ALREADY_ISSUED, SOLD_OUT, NOT_STARTED, ENDED, CLOSED, MISSING, SYNCING = -1, -2, -3, -4, -5, -6, -7
+
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local issued_at = time[1] .. string.format('%06d', tonumber(time[2]))
+local n = #ARGV
+local out = {now_us}
+
+local function all(code)
+  for i = 1, n do out[i + 1] = code end
+  return out
+end
+
+local meta = redis.call('HMGET', meta_key, 'status', 'quantity', 'starts_at', 'ends_at', 'expire_at')
+local status = meta[1]
+-- No state at all: the event is closed, unknown, or Redis lost its data; the caller
+-- asks PostgreSQL which, and never reads it as "open with full stock" (I1).
+if not status then return all(MISSING) end
+if status == 'syncing' then return all(SYNCING) end
+if status == 'closed' then return all(CLOSED) end
+if status ~= 'open' then return all(NOT_STARTED) end
+if now_us < tonumber(meta[3]) then return all(NOT_STARTED) end
+local ends_at = tonumber(meta[4])
+if ends_at > 0 and now_us >= ends_at then return all(ENDED) end
+
+local quantity = tonumber(meta[2])
+local seq = tonumber(redis.call('GET', seq_key) or '0')
+local first = seq
+for i = 1, n do
+  local user = ARGV[i]
+  -- Duplicate before stock, as the original: a served user hears 409 even when sold out.
+  if redis.call('HEXISTS', users_key, user) == 1 then
+    out[i + 1] = ALREADY_ISSUED
+  elseif seq >= quantity then
+    out[i + 1] = SOLD_OUT
+  else
+    seq = seq + 1
+    redis.call('HSET', users_key, user, string.format('%d', seq) .. ':' .. issued_at)
+    out[i + 1] = seq
+  end
+end
+if seq ~= first then
+  redis.call('SET', seq_key, seq)
+  redis.call('PEXPIREAT', seq_key, meta[5])
+  redis.call('PEXPIREAT', users_key, meta[5])
+end
+return out

@@ -1,0 +1,1 @@
+"""The coupon issuance service: Sanic app, issue path, event lifecycle."""

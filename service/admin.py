@@ -1,0 +1,71 @@
+"""The admin API: event lifecycle for operators, behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from . import validation
+from .errors import Unauthorized
+from .http import json
+from .lifecycle import Lifecycle
+from .timefmt import iso, now_utc
+
+admin = Blueprint("admin", url_prefix="/admin")
+
+
+@admin.on_request
+async def authorize(request: Request) -> None:
+    expected = request.app.ctx.settings.admin_token.encode()
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    # Constant-time comparison: the answer's timing says nothing of the token.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized()
+
+
+def _lifecycle(request: Request) -> Lifecycle:
+    return request.app.ctx.lifecycle  # type: ignore[no-any-return]
+
+
+@admin.post("/events", name="create_event")
+async def create_event(request: Request) -> HTTPResponse:
+    spec = validation.event_spec(request.body, now_utc())
+    row = await _lifecycle(request).create(spec)
+    return json(
+        {
+            "id": row.id,
+            "name": row.name,
+            "status": row.status,
+            "quantity": row.quantity,
+            "starts_at": iso(row.starts_at),
+            "ends_at": iso(row.ends_at),
+            "coupon": row.coupon,
+        },
+        201,
+    )
+
+
+@admin.post("/events/<event_id:str>/open", name="open_event")
+async def open_event(request: Request, event_id: str) -> HTTPResponse:
+    report = await _lifecycle(request).open(validation.event_id(event_id))
+    return json(report.as_json())
+
+
+@admin.post("/events/<event_id:str>/close", name="close_event")
+async def close_event(request: Request, event_id: str) -> HTTPResponse:
+    report = await _lifecycle(request).close(validation.event_id(event_id))
+    return json(report.as_json())
+
+
+@admin.post("/events/<event_id:str>/sync", name="sync_event")
+async def sync_event(request: Request, event_id: str) -> HTTPResponse:
+    report = await _lifecycle(request).sync(validation.event_id(event_id))
+    return json(report.as_json())
+
+
+@admin.get("/events/<event_id:str>", name="event_report")
+async def event_report(request: Request, event_id: str) -> HTTPResponse:
+    report = await _lifecycle(request).report(validation.event_id(event_id))
+    return json(report.as_json())

@@ -1,0 +1,130 @@
+"""Builds the Sanic app and wires each worker's parts together at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+import asyncpg
+from sanic import Sanic
+
+from batcher import Buffer, Writer
+
+from . import store
+from .admin import admin
+from .config import Settings
+from .decision import EventStore, connect
+from .directory import EventDirectory
+from .http import handle
+from .issuing import Issuer, SoldOutFlags
+from .lifecycle import Lifecycle
+from .reconcile import run_periodically
+from .routes import public
+from .workers import WorkerBoard, shared_objects
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "coupon_service"
+# Connections beyond the issue path's: admin operations, reads, reconcile.
+_EXTRA_REDIS_CONNECTIONS = 8
+_PG_POOL_MAX = 8
+
+
+def create_app(settings: Settings) -> Sanic:
+    app = Sanic(APP_NAME)
+    app.config.update(
+        REQUEST_MAX_SIZE=settings.request_max_bytes,
+        GRACEFUL_SHUTDOWN_TIMEOUT=settings.graceful_timeout_s,
+        ACCESS_LOG=False,
+        NOISY_EXCEPTIONS=False,
+        FALLBACK_ERROR_FORMAT="json",
+    )
+    app.ctx.settings = settings
+    app.blueprint(public)
+    app.blueprint(admin)
+    app.error_handler.add(Exception, handle)
+
+    @app.main_process_start
+    async def share(app: Sanic) -> None:
+        for name, value in shared_objects().items():
+            setattr(app.shared_ctx, name, value)
+
+    @app.before_server_start
+    async def start_worker(app: Sanic) -> None:
+        await _start_worker(app, settings)
+
+    @app.after_server_stop
+    async def stop_worker(app: Sanic) -> None:
+        await _stop_worker(app, settings)
+
+    return app
+
+
+async def _start_worker(app: Sanic, settings: Settings) -> None:
+    ctx = app.ctx
+    shared = app.shared_ctx
+    ctx.board = WorkerBoard(shared.board_cells, shared.board_lock, shared.board_epoch)
+    ctx.board.claim(os.getpid())
+    # min_size=0: the worker starts even while PostgreSQL is down; issuing does not need it.
+    ctx.pool = await asyncpg.create_pool(
+        settings.database_url, min_size=0, max_size=_PG_POOL_MAX, command_timeout=60
+    )
+    ctx.redis = connect(
+        settings.redis_url,
+        max_connections=settings.issue_inflight_max + _EXTRA_REDIS_CONNECTIONS,
+        timeout_s=settings.redis_timeout_s,
+    )
+    ctx.events = EventStore(ctx.redis)
+    try:
+        await ctx.events.load_scripts()
+    except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
+        logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
+    ctx.buffer = Buffer(settings.buffer_max_rows, on_change=ctx.board.publish)
+    ctx.writer = Writer(
+        ctx.pool,
+        ctx.buffer,
+        flush_batch_rows=settings.flush_batch_rows,
+        flush_interval_s=settings.flush_interval_s,
+        retry_max_s=settings.flush_retry_max_s,
+    )
+    ctx.writer.start()
+    ctx.directory = EventDirectory(
+        lambda event_id: store.event_status(ctx.pool, event_id),
+        ttl_s=max(settings.sold_out_cache_s, 0.1),
+        epoch=lambda: ctx.board.epoch,
+    )
+    ctx.issuer = Issuer(
+        ctx.events,
+        ctx.buffer,
+        ctx.writer,
+        ctx.directory,
+        SoldOutFlags(settings.sold_out_cache_s, lambda: ctx.board.epoch),
+        max_batch=settings.issue_batch_max,
+        max_inflight=settings.issue_inflight_max,
+    )
+    ctx.lifecycle = Lifecycle(ctx.pool, ctx.events, ctx.board, settings)
+    ctx.reconciler = asyncio.get_running_loop().create_task(
+        run_periodically(
+            ctx.pool,
+            ctx.events,
+            ctx.lifecycle,
+            interval_s=settings.reconcile_interval_s,
+            min_age_s=settings.reconcile_min_age_s,
+        ),
+        name="reconcile",
+    )
+
+
+async def _stop_worker(app: Sanic, settings: Settings) -> None:
+    """After in-flight requests are answered: store every buffered row, then close."""
+    ctx = app.ctx
+    ctx.reconciler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ctx.reconciler
+    await ctx.issuer.coalescer.close()
+    await ctx.writer.close(settings.graceful_timeout_s)
+    ctx.board.release()
+    await ctx.redis.aclose()
+    await ctx.pool.close()

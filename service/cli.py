@@ -1,0 +1,154 @@
+"""`couponctl`: the admin CLI over the HTTP admin API, plus `migrate` and `check`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
+_REDIS_HINT = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+_POSTGRES_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="couponctl", description=__doc__)
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("COUPON_URL")
+        or f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}",
+        help="the service's base URL (env COUPON_URL; default http://HOST:PORT)",
+    )
+    parser.add_argument("--token", default=os.environ.get("ADMIN_TOKEN"), help="admin token (env ADMIN_TOKEN)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    create = commands.add_parser("create", help="create an event")
+    create.add_argument("name")
+    create.add_argument("quantity", type=int)
+    create.add_argument("--starts-at", help="ISO 8601 with a time zone (default: now)")
+    create.add_argument("--ends-at", help="ISO 8601 with a time zone (default: open-ended)")
+    create.add_argument("--coupon", help="the coupon as a JSON object, e.g. '{\"discount\": 10}'")
+    create.add_argument("--open", action="store_true", help="open the event right away")
+    for name, text in (
+        ("open", "open an event (rebuilds its Redis state from PostgreSQL)"),
+        ("close", "close an event: stop issuing, store everything, delete its Redis keys"),
+        ("sync", "rebuild an event's Redis state from PostgreSQL and the buffers"),
+        ("stats", "an event's counts in Redis and PostgreSQL"),
+    ):
+        commands.add_parser(name, help=text).add_argument("event_id", type=int)
+    migrate = commands.add_parser("migrate", help="apply database migrations (env DATABASE_URL)")
+    migrate.add_argument("--create-db", action="store_true", help="create the database if missing")
+    commands.add_parser("check", help="say whether Redis and PostgreSQL are reachable")
+
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        raise SystemExit(_migrate(args.create_db))
+    if args.command == "check":
+        raise SystemExit(_check())
+    if not args.token:
+        parser.error("the admin token is required: set ADMIN_TOKEN or pass --token")
+    client = _Client(args.url, args.token)
+    if args.command == "create":
+        body: dict[str, Any] = {"name": args.name, "quantity": args.quantity}
+        if args.starts_at:
+            body["starts_at"] = args.starts_at
+        if args.ends_at:
+            body["ends_at"] = args.ends_at
+        if args.coupon:
+            body["coupon"] = json.loads(args.coupon)
+        created = client.call("POST", "/admin/events", body)
+        if args.open:
+            created = client.call("POST", f"/admin/events/{created['id']}/open")
+        _print(created)
+    elif args.command == "stats":
+        _print(client.call("GET", f"/admin/events/{args.event_id}"))
+    else:
+        _print(client.call("POST", f"/admin/events/{args.event_id}/{args.command}"))
+
+
+class _Client:
+    def __init__(self, url: str, token: str) -> None:
+        self._url = url.rstrip("/")
+        self._token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self._url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self._token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())["error"]
+                message = f"{exc.code} {err['code']}: {err['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+            print(f"couponctl: {method} {path} failed: {message}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except urllib.error.URLError as exc:
+            print(f"couponctl: cannot reach the service at {self._url}: {exc.reason}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def _print(body: Any) -> None:
+    print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def _migrate(create_db: bool) -> int:
+    from .schema import create_database, migrate
+
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+    async def run() -> list[str]:
+        if create_db and await create_database(url):
+            print(f"couponctl: created database {url.rsplit('/', 1)[-1]}")
+        return await migrate(url)
+
+    applied = asyncio.run(run())
+    print(f"couponctl: {len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def _check() -> int:
+    """One clear line per unreachable server, with how to start it."""
+    import asyncpg
+    import redis
+
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    failed = 0
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        print(f"Redis is not reachable at {redis_url} ({exc}); start it with: {_REDIS_HINT}", file=sys.stderr)
+        failed = 1
+
+    async def postgres() -> None:
+        from urllib.parse import urlsplit, urlunsplit
+
+        # The server, not the database: `migrate --create-db` creates that.
+        parts = urlsplit(database_url)
+        conn = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")), timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(postgres())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        print(
+            f"PostgreSQL is not reachable at {database_url} ({exc}); start it with: {_POSTGRES_HINT}",
+            file=sys.stderr,
+        )
+        failed = 1
+    return failed
+
+
+if __name__ == "__main__":
+    main()

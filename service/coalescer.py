@@ -1,0 +1,88 @@
+"""Joins the issue requests that arrive together in a worker into one decision per event.
+
+The first request of an event in a loop turn schedules a dispatch for the next turn, so an
+idle loop adds no wait. At most ``max_inflight`` decisions run at once; requests arriving
+meanwhile queue and leave together when one returns, so batches grow with load and the
+number of Redis connections stays bounded however many requests are in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Result = TypeVar("Result")
+Decide = Callable[[int, list[str]], Awaitable[Sequence[Result]]]
+
+
+class Coalescer(Generic[Result]):
+    def __init__(self, decide: Decide[Result], *, max_batch: int, max_inflight: int) -> None:
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError(f"max_batch and max_inflight must be positive, got {max_batch}, {max_inflight}")
+        self._decide = decide
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._pending: dict[int, list[tuple[str, asyncio.Future[Result]]]] = {}
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(batch) for batch in self._pending.values())
+
+    def submit(self, event_id: int, user_id: str) -> asyncio.Future[Result]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        batch = self._pending.get(event_id)
+        if batch is None:
+            self._pending[event_id] = [(user_id, future)]
+        else:
+            batch.append((user_id, future))
+        self._schedule(loop)
+        return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled and self._inflight < self._max_inflight and self._pending:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._pending and self._inflight < self._max_inflight:
+            event_id = next(iter(self._pending))
+            waiting = self._pending.pop(event_id)
+            batch = waiting[: self._max_batch]
+            if len(waiting) > self._max_batch:
+                # Back of the line: events take turns when several are busy.
+                self._pending[event_id] = waiting[self._max_batch :]
+            self._inflight += 1
+            task = loop.create_task(self._run(event_id, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, event_id: int, batch: list[tuple[str, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await self._decide(event_id, [user for user, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._inflight -= 1
+            self._schedule(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """Wait for the decisions under way: their issues must reach the buffer (I4)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,168 @@
+"""The service's settings, read once from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/coupons"
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    # Users decided by one Lua call; bounds the script's run time inside Redis.
+    issue_batch_max: int = 512
+    # Lua calls in flight per worker; more requests wait and join the next batch.
+    issue_inflight_max: int = 4
+    redis_timeout_ms: int = 500
+    flush_batch_rows: int = 5000
+    flush_interval_ms: int = 50
+    # Rows a worker may hold unwritten; past it issuing answers 503 (I5), never drops.
+    buffer_max_rows: int = 200_000
+    flush_retry_max_s: float = 5.0
+    sold_out_cache_ms: int = 1000
+    reconcile_interval_s: float = 30.0
+    reconcile_min_age_s: float = 10.0
+    sync_timeout_s: float = 30.0
+    # Event keys live this long past the event's end (or past the last open or sync
+    # for an open-ended event): the safety net behind deleting them on close.
+    key_ttl_grace_s: int = 86_400
+    open_ended_ttl_s: int = 30 * 86_400
+    graceful_timeout_s: float = 60.0
+    request_max_bytes: int = 16_384
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            redis_url=env.url("REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            database_url=env.url("DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
+            admin_token=env.admin_token("ADMIN_TOKEN"),
+            host=env.text("HOST", "127.0.0.1"),
+            port=env.integer("PORT", 8000, 1, 65535),
+            workers=env.integer("WORKERS", os.cpu_count() or 1, 1, 256),
+            issue_batch_max=env.integer("ISSUE_BATCH_MAX", 512, 1, 10_000),
+            issue_inflight_max=env.integer("ISSUE_INFLIGHT_MAX", 4, 1, 64),
+            redis_timeout_ms=env.integer("REDIS_TIMEOUT_MS", 500, 10, 60_000),
+            flush_batch_rows=env.integer("FLUSH_BATCH_ROWS", 5000, 1, 1_000_000),
+            flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", 50, 1, 60_000),
+            buffer_max_rows=env.integer("BUFFER_MAX_ROWS", 200_000, 1, 100_000_000),
+            flush_retry_max_s=env.number("FLUSH_RETRY_MAX_S", 5.0, 0.01, 600.0),
+            sold_out_cache_ms=env.integer("SOLD_OUT_CACHE_MS", 1000, 0, 60_000),
+            reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 30.0, 0.1, 86_400.0),
+            reconcile_min_age_s=env.number("RECONCILE_MIN_AGE_S", 10.0, 0.0, 86_400.0),
+            sync_timeout_s=env.number("SYNC_TIMEOUT_S", 30.0, 0.1, 3600.0),
+            key_ttl_grace_s=env.integer("KEY_TTL_GRACE_S", 86_400, 1, 365 * 86_400),
+            open_ended_ttl_s=env.integer("OPEN_ENDED_TTL_S", 30 * 86_400, 60, 3650 * 86_400),
+            graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", 60.0, 0.0, 3600.0),
+            request_max_bytes=env.integer("REQUEST_MAX_BYTES", 16_384, 256, 10_000_000),
+            log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+    def __post_init__(self) -> None:
+        if self.flush_batch_rows > self.buffer_max_rows:
+            raise ConfigError("FLUSH_BATCH_ROWS", "must not exceed BUFFER_MAX_ROWS")
+        if self.issue_batch_max > self.buffer_max_rows:
+            raise ConfigError("ISSUE_BATCH_MAX", "must not exceed BUFFER_MAX_ROWS")
+
+    def __repr__(self) -> str:
+        # The admin token never reaches a log line, even through a repr.
+        return f"Settings(host={self.host!r}, port={self.port}, workers={self.workers})"
+
+    @property
+    def redis_timeout_s(self) -> float:
+        return self.redis_timeout_ms / 1000
+
+    @property
+    def flush_interval_s(self) -> float:
+        return self.flush_interval_ms / 1000
+
+    @property
+    def sold_out_cache_s(self) -> float:
+        return self.sold_out_cache_ms / 1000
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.upper() not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return raw.upper()
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        raw = self._raw(name) or default
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ConfigError(name, f"scheme must be one of {', '.join(schemes)}, got {raw!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ConfigError(name, "has no host")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ConfigError(name, "has a malformed port") from None
+        return raw
+
+    def admin_token(self, name: str) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            raise ConfigError(name, "is required (the bearer token for the admin API)")
+        if len(raw) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(name, f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return raw

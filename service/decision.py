@@ -1,0 +1,153 @@
+"""The Redis side of the service: the issue decision and the event state it rests on."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from lua import source
+
+from .keys import event_keys
+
+_MERGE_CHUNK = 5000
+
+
+class Outcome(enum.IntEnum):
+    """The issue script's codes for a user it did not issue to (lua/issue.lua)."""
+
+    ALREADY_ISSUED = -1
+    SOLD_OUT = -2
+    NOT_STARTED = -3
+    ENDED = -4
+    CLOSED = -5
+    MISSING = -6
+    SYNCING = -7
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimes:
+    """The fields an event's Redis state is built from (PostgreSQL is their source)."""
+
+    quantity: int
+    starts_at_us: int
+    ends_at_us: int  # 0: open-ended
+    expire_at_ms: int
+
+    def args(self) -> list[int]:
+        return [self.quantity, self.starts_at_us, self.ends_at_us, self.expire_at_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisEventState:
+    status: str | None
+    quantity: int | None
+    starts_at_us: int | None
+    ends_at_us: int | None
+    issued: int
+    records: int
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+    # A blocking pool waits for a free connection instead of raising "Too many connections"
+    # when thousands of requests are in flight; the wait and every command are bounded (I5).
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=True,
+    )
+    return Redis(connection_pool=pool)
+
+
+class EventStore:
+    """Event state in Redis: decide issues, hold and rebuild events, read records."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._issue = redis.register_script(source("issue"))
+        self._hold = redis.register_script(source("hold"))
+        self._finish_sync = redis.register_script(source("finish_sync"))
+
+    async def load_scripts(self) -> None:
+        for script in (self._issue, self._hold, self._finish_sync):
+            script.sha = await self.redis.script_load(script.script)
+
+    async def scripts_loaded(self) -> bool:
+        shas = [s.sha for s in (self._issue, self._hold, self._finish_sync)]
+        return all(await self.redis.script_exists(*shas))
+
+    async def decide(self, event_id: int, users: Sequence[str]) -> list[int]:
+        """One atomic decision for a batch: [now_us, outcome per user]. NOSCRIPT reloads."""
+        keys = event_keys(event_id)
+        return await self._issue(keys=[keys.meta, keys.seq, keys.users], args=users)  # type: ignore[no-any-return]
+
+    async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
+        keys = event_keys(event_id)
+        previous = await self._hold(keys=[keys.meta], args=[status, *times.args()])
+        return previous or None
+
+    async def merge_records(self, event_id: int, records: Sequence[tuple[str, int, int]]) -> None:
+        """Add (user, ordinal, issued_at_us) records Redis lacks; never overwrites one."""
+        users_key = event_keys(event_id).users
+        for start in range(0, len(records), _MERGE_CHUNK):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user, ordinal, issued_at_us in records[start : start + _MERGE_CHUNK]:
+                    pipe.hsetnx(users_key, user, f"{ordinal}:{issued_at_us}")
+                await pipe.execute()
+
+    async def finish_sync(self, event_id: int, status: str, times: EventTimes, max_ordinal: int) -> tuple[int, int]:
+        keys = event_keys(event_id)
+        seq, records = await self._finish_sync(
+            keys=[keys.meta, keys.seq, keys.users], args=[status, *times.args(), max_ordinal]
+        )
+        return int(seq), int(records)
+
+    async def set_status(self, event_id: int, status: str) -> None:
+        await self.redis.hset(event_keys(event_id).meta, "status", status)
+
+    async def delete(self, event_id: int) -> None:
+        keys = event_keys(event_id)
+        await self.redis.delete(keys.meta, keys.seq, keys.users)
+
+    async def state(self, event_id: int) -> RedisEventState:
+        keys = event_keys(event_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.meta, "status", "quantity", "starts_at", "ends_at")
+            pipe.get(keys.seq)
+            pipe.hlen(keys.users)
+            (status, quantity, starts_at, ends_at), seq, records = await pipe.execute()
+        return RedisEventState(
+            status=status,
+            quantity=_int(quantity),
+            starts_at_us=_int(starts_at),
+            ends_at_us=_int(ends_at),
+            issued=int(seq or 0),
+            records=int(records),
+        )
+
+    async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
+        value = await self.redis.hget(event_keys(event_id).users, user_id)
+        return None if value is None else parse_record(value)
+
+    async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
+        """Every (user, ordinal, issued_at_us) Redis holds for the event."""
+        async for user, value in self.redis.hscan_iter(event_keys(event_id).users, count=5000):
+            ordinal, issued_at_us = parse_record(value)
+            yield user, ordinal, issued_at_us
+
+    def lock(self, name: str, timeout_s: float):  # type: ignore[no-untyped-def]
+        return self.redis.lock(name, timeout=timeout_s, blocking=False)
+
+
+def parse_record(value: str) -> tuple[int, int]:
+    ordinal, _, issued_at_us = value.partition(":")
+    return int(ordinal), int(issued_at_us)
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,64 @@
+"""JSON responses (orjson) and the one place errors become HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.exceptions import RedisError
+from sanic import HTTPResponse, Request
+from sanic.exceptions import MethodNotAllowed as SanicMethodNotAllowed
+from sanic.exceptions import NotFound as SanicNotFound
+from sanic.exceptions import PayloadTooLarge as SanicPayloadTooLarge
+from sanic.exceptions import SanicException
+
+from .errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+def json(body: Any, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(orjson.dumps(body), status=status, content_type=_JSON)
+
+
+def error(exc: ServiceError) -> HTTPResponse:
+    response = json({"error": {"code": exc.code, "message": exc.detail}}, exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def handle(request: Request, exc: Exception) -> HTTPResponse:
+    """Every exception a route lets through becomes {"error": {"code", "message"}}."""
+    if isinstance(exc, ServiceError):
+        return error(exc)
+    if isinstance(exc, SanicNotFound):
+        return error(NotFound())
+    if isinstance(exc, SanicMethodNotAllowed):
+        return error(MethodNotAllowed())
+    if isinstance(exc, SanicPayloadTooLarge):
+        return error(PayloadTooLarge())
+    if isinstance(exc, (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)):
+        logger.warning("dependency failed on %s: %s", request.path, type(exc).__name__)
+        return error(Unavailable())
+    if isinstance(exc, SanicException) and 400 <= exc.status_code < 500:
+        return error(_client_error(exc.status_code))
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error(ServiceError())
+
+
+def _client_error(status: int) -> ServiceError:
+    exc = InvalidRequest("the request could not be read")
+    exc.status = status
+    return exc

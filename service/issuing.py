@@ -1,0 +1,141 @@
+"""The issue path: sold-out flag, coalesced Lua decision, buffer. No PostgreSQL query."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from batcher import Buffer, BufferFull, IssueRecord, Writer
+
+from .coalescer import Coalescer
+from .decision import EventStore, Outcome
+from .directory import EventDirectory
+from .errors import (
+    AlreadyIssued,
+    Closed,
+    Ended,
+    EventNotFound,
+    NotStarted,
+    ServiceError,
+    SoldOut,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+_REFUSALS: dict[int, type[ServiceError]] = {
+    Outcome.ALREADY_ISSUED: AlreadyIssued,
+    Outcome.SOLD_OUT: SoldOut,
+    Outcome.NOT_STARTED: NotStarted,
+    Outcome.ENDED: Ended,
+    Outcome.CLOSED: Closed,
+    Outcome.SYNCING: Unavailable,
+}
+
+
+class SoldOutFlags:
+    """Events this worker saw sold out, answered 410 without Redis for a bounded time.
+
+    A lifecycle operation on this host (sync, open) bumps the epoch and clears them at
+    once; elsewhere they lapse after ``ttl_s``.
+    """
+
+    def __init__(self, ttl_s: float, epoch: Callable[[], int]) -> None:
+        self._ttl_s = ttl_s
+        self._epoch = epoch
+        self._flags: dict[int, tuple[float, int]] = {}
+
+    def is_set(self, event_id: int) -> bool:
+        flag = self._flags.get(event_id)
+        if flag is None:
+            return False
+        expires, epoch = flag
+        if time.monotonic() < expires and epoch == self._epoch():
+            return True
+        del self._flags[event_id]
+        return False
+
+    def set(self, event_id: int) -> None:
+        if self._ttl_s > 0:
+            self._flags[event_id] = (time.monotonic() + self._ttl_s, self._epoch())
+
+
+class Issuer:
+    def __init__(
+        self,
+        events: EventStore,
+        buffer: Buffer,
+        writer: Writer,
+        directory: EventDirectory,
+        sold_out: SoldOutFlags,
+        *,
+        max_batch: int,
+        max_inflight: int,
+    ) -> None:
+        self._events = events
+        self._buffer = buffer
+        self._writer = writer
+        self._directory = directory
+        self._sold_out = sold_out
+        self.coalescer: Coalescer[tuple[int, int]] = Coalescer(
+            self._decide, max_batch=max_batch, max_inflight=max_inflight
+        )
+
+    async def issue(self, event_id: int, user_id: str) -> tuple[int, int]:
+        """Issue one coupon: returns (ordinal, issued_at_us) or raises the refusal."""
+        if self._sold_out.is_set(event_id):
+            raise SoldOut()
+        outcome, issued_at_us = await self.coalescer.submit(event_id, user_id)
+        if outcome > 0:
+            return outcome, issued_at_us
+        if outcome == Outcome.MISSING:
+            raise await self._missing(event_id)
+        raise _REFUSALS[outcome]()
+
+    async def _decide(self, event_id: int, users: list[str]) -> list[tuple[int, int]]:
+        # Room first: a full buffer answers 503 before Redis decides anything (I5).
+        try:
+            self._buffer.reserve(len(users))
+        except BufferFull:
+            raise Unavailable("too many issues are waiting to be stored; retry shortly") from None
+        try:
+            reply = await self._events.decide(event_id, users)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._buffer.release(len(users))
+            logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)
+            raise Unavailable() from exc
+        except BaseException:
+            self._buffer.release(len(users))
+            raise
+        issued_at_us, outcomes = reply[0], reply[1:]
+        self._buffer.commit(
+            (
+                IssueRecord(event_id, user, outcome, issued_at_us)
+                for user, outcome in zip(users, outcomes, strict=True)
+                if outcome > 0
+            ),
+            reserved=len(users),
+        )
+        self._writer.notify()
+        if Outcome.SOLD_OUT in outcomes:
+            self._sold_out.set(event_id)
+        return [(outcome, issued_at_us) for outcome in outcomes]
+
+    async def _missing(self, event_id: int) -> ServiceError:
+        try:
+            status = await self._directory.status(event_id)
+        except Exception as exc:  # PostgreSQL cannot say either: never guess (I5)
+            logger.warning("event lookup failed for event %d: %s", event_id, type(exc).__name__)
+            return Unavailable()
+        if status is None:
+            return EventNotFound()
+        if status == "closed":
+            return Closed()
+        if status == "created":
+            return NotStarted("the event has not been opened")
+        # Open in PostgreSQL but unknown to Redis: Redis lost its data; sync rebuilds it.
+        return Unavailable("the event's state is being recovered; retry shortly")

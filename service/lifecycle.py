@@ -1,0 +1,213 @@
+"""Event lifecycle for operators: create, open, close, sync, and the admin view of an event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.exceptions import LockError, RedisError
+
+from batcher import IssueRecord
+from batcher.recovery import write_missing
+
+from . import store
+from .config import Settings
+from .decision import EventStore, EventTimes
+from .errors import Busy, EventNotFound, Unavailable
+from .keys import event_keys, expire_at_ms
+from .store import EventRow
+from .timefmt import iso, now_utc, to_us
+from .validation import EventSpec
+from .workers import WorkerBoard
+
+logger = logging.getLogger(__name__)
+
+# Long enough for a rebuild of a large event; the lock lapses if its holder dies.
+_LOCK_TTL_S = 120.0
+
+
+@dataclass(frozen=True)
+class EventReport:
+    row: EventRow
+    redis_status: str | None
+    issued_redis: int | None
+    records_redis: int | None
+    rows_stored: int
+    rows_buffered: int
+
+    def as_json(self) -> dict[str, Any]:
+        row = self.row
+        issued = self.issued_redis
+        return {
+            "id": row.id,
+            "name": row.name,
+            "status": row.status,
+            "redis_status": self.redis_status,
+            "quantity": row.quantity,
+            "starts_at": iso(row.starts_at),
+            "ends_at": iso(row.ends_at),
+            "coupon": row.coupon,
+            "issued_redis": issued,
+            "remaining": None if issued is None else max(0, row.quantity - issued),
+            "records_redis": self.records_redis,
+            "rows_stored": self.rows_stored,
+            "rows_buffered": self.rows_buffered,
+            # Issued in Redis but not yet stored: buffered rows, or rows reconcile will write.
+            "drift": None if issued is None else issued - self.rows_stored,
+        }
+
+
+class Lifecycle:
+    def __init__(self, pool: asyncpg.Pool, events: EventStore, board: WorkerBoard, settings: Settings) -> None:
+        self._pool = pool
+        self._events = events
+        self._board = board
+        self._settings = settings
+
+    def times(self, row: EventRow) -> EventTimes:
+        ends_at_us = to_us(row.ends_at) if row.ends_at else 0
+        return EventTimes(
+            quantity=row.quantity,
+            starts_at_us=to_us(row.starts_at),
+            ends_at_us=ends_at_us,
+            expire_at_ms=expire_at_ms(
+                ends_at_us, to_us(now_utc()), self._settings.key_ttl_grace_s, self._settings.open_ended_ttl_s
+            ),
+        )
+
+    async def create(self, spec: EventSpec) -> EventRow:
+        # Redis learns of the event when it is opened; until then the issue path finds no
+        # state and the directory answers 403 not_started.
+        return await store.create_event(self._pool, spec, spec.starts_at or now_utc())
+
+    async def open(self, event_id: int) -> EventReport:
+        return await self._rebuild(await self._row(event_id), "open")
+
+    async def sync(self, event_id: int) -> EventReport:
+        row = await self._row(event_id)
+        if row.status == "closed":
+            return await self._close(row)
+        return await self._rebuild(row, row.status)
+
+    async def close(self, event_id: int) -> EventReport:
+        return await self._close(await self._row(event_id))
+
+    async def report(self, event_id: int) -> EventReport:
+        row = await self._row(event_id)
+        try:
+            state = await self._events.state(event_id)
+        except RedisError:
+            state = None
+        return EventReport(
+            row=row,
+            redis_status=state.status if state else None,
+            issued_redis=state.issued if state and state.status else None,
+            records_redis=state.records if state and state.status else None,
+            rows_stored=await store.issue_count(self._pool, event_id),
+            rows_buffered=self._board.buffered_rows(),
+        )
+
+    async def reconcile(self, event_id: int, *, min_age_s: float = 0.0) -> int:
+        """Store what Redis recorded for the event but PostgreSQL lacks."""
+        state = await self._events.state(event_id)
+        if state.records == 0 or state.records == await store.issue_count(self._pool, event_id):
+            return 0
+        older_than_us = to_us(now_utc()) - int(min_age_s * 1_000_000) if min_age_s else None
+        written = await write_missing(
+            self._pool, event_id, self._redis_records(event_id), older_than_us=older_than_us
+        )
+        if written:
+            logger.warning("reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id)
+        return written
+
+    async def _redis_records(self, event_id: int) -> AsyncIterator[IssueRecord]:
+        async for user, ordinal, issued_at_us in self._events.records(event_id):
+            yield IssueRecord(event_id, user, ordinal, issued_at_us)
+
+    async def _row(self, event_id: int) -> EventRow:
+        row = await store.event(self._pool, event_id)
+        if row is None:
+            raise EventNotFound()
+        return row
+
+    async def _rebuild(self, row: EventRow, status: str) -> EventReport:
+        """Hold the event, let every buffer store its rows, then rebuild Redis from PostgreSQL.
+
+        Redis's records and PostgreSQL's rows are merged, never replaced: whichever side
+        holds an issue, the rebuilt state keeps it, so no user or ordinal is handed out
+        twice (I1-I3). Waiting for the buffers covers Redis having lost its data, when the
+        rows still in workers' memory are the only other copy.
+        """
+        times = self.times(row)
+        async with self._locked(row.id):
+            previous = await self._events.hold(row.id, "syncing", times)
+            self._board.bump_epoch()
+            try:
+                try:
+                    await self._board.wait_stored(self._settings.sync_timeout_s)
+                except TimeoutError as exc:
+                    raise Unavailable(f"sync gave up: {exc}; is PostgreSQL reachable?") from None
+                await self.reconcile(row.id)
+                rows = await store.issue_records(self._pool, row.id)
+                state = await self._events.state(row.id)
+                if state.records != len(rows):
+                    await self._events.merge_records(
+                        row.id, [(r["user_id"], r["ordinal"], to_us(r["issued_at"])) for r in rows]
+                    )
+                max_ordinal = max((r["ordinal"] for r in rows), default=0)
+                await self._events.finish_sync(row.id, status, times, max_ordinal)
+                if row.status != status:
+                    await store.set_status(self._pool, row.id, status)
+            except BaseException:
+                if previous and previous != "syncing":
+                    await asyncio.shield(self._restore(row.id, previous))
+                raise
+            finally:
+                self._board.bump_epoch()
+        logger.info("event %d rebuilt in Redis with status %s", row.id, status)
+        return await self.report(row.id)
+
+    async def _restore(self, event_id: int, status: str) -> None:
+        try:
+            await self._events.set_status(event_id, status)
+        except RedisError:
+            logger.exception("could not restore event %d to %s; run sync again", event_id, status)
+
+    async def _close(self, row: EventRow) -> EventReport:
+        """Stop issuing at once, store what Redis holds, then delete the event's keys."""
+        async with self._locked(row.id):
+            await self._events.hold(row.id, "closed", self.times(row))
+            self._board.bump_epoch()
+            await self.reconcile(row.id)
+            if row.status != "closed":
+                await store.set_status(self._pool, row.id, "closed")
+            await self._events.delete(row.id)
+            self._board.bump_epoch()
+        logger.info("event %d closed", row.id)
+        return await self.report(row.id)
+
+    def _locked(self, event_id: int) -> _EventLock:
+        return _EventLock(self._events, event_keys(event_id).lock)
+
+
+class _EventLock:
+    def __init__(self, events: EventStore, name: str) -> None:
+        self._lock = events.lock(name, _LOCK_TTL_S)
+
+    async def __aenter__(self) -> None:
+        try:
+            acquired = await self._lock.acquire()
+        except RedisError as exc:
+            raise Unavailable("Redis is unreachable") from exc
+        if not acquired:
+            raise Busy()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._lock.release()
+        except (LockError, RedisError):
+            logger.warning("event lock %s lapsed before release", self._lock.name)

@@ -1,0 +1,115 @@
+"""The public API: issue a coupon, read an event, read a user's issue, health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from . import store, validation
+from .errors import EventNotFound, IssueNotFound, Unavailable
+from .http import json
+from .timefmt import iso, iso_us, now_utc, to_us
+
+public = Blueprint("public")
+
+
+@public.post("/events/<event_id:str>/issue", name="issue")
+async def issue(request: Request, event_id: str) -> HTTPResponse:
+    event = validation.event_id(event_id)
+    user = validation.issue_body(request.body)
+    ordinal, issued_at_us = await request.app.ctx.issuer.issue(event, user)
+    return json(
+        {"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": iso_us(issued_at_us)},
+        201,
+    )
+
+
+@public.get("/events/<event_id:str>", name="event")
+async def event(request: Request, event_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
+    event = validation.event_id(event_id)
+    row = await store.event(ctx.pool, event)
+    if row is None:
+        raise EventNotFound()
+    state = await ctx.events.state(event)
+    if state.status is not None:
+        issued = state.issued
+    else:
+        issued = await store.issue_count(ctx.pool, event)
+    remaining = max(0, row.quantity - issued)
+    return json(
+        {
+            "id": row.id,
+            "name": row.name,
+            "status": _public_status(row.status, state.status, row, remaining),
+            "quantity": row.quantity,
+            "remaining": remaining,
+            "starts_at": iso(row.starts_at),
+            "ends_at": iso(row.ends_at),
+            "coupon": row.coupon,
+        }
+    )
+
+
+def _public_status(stored: str, live: str | None, row: store.EventRow, remaining: int) -> str:
+    """What a shopper sees: created, scheduled, open, sold_out, ended, closed or unavailable."""
+    if stored == "closed" or live == "closed":
+        return "closed"
+    if stored == "created":
+        return "created"
+    if live is None or live == "syncing":
+        return "unavailable"
+    now_us = to_us(now_utc())
+    if now_us < to_us(row.starts_at):
+        return "scheduled"
+    if row.ends_at is not None and now_us >= to_us(row.ends_at):
+        return "ended"
+    return "sold_out" if remaining == 0 else "open"
+
+
+@public.get("/events/<event_id:str>/issues/<user_id:str>", name="user_issue")
+async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
+    event = validation.event_id(event_id)
+    user = validation.user_id_path(user_id)
+    record = await ctx.events.record(event, user)
+    if record is not None:
+        ordinal, issued_at_us = record
+        issued_at = iso_us(issued_at_us)
+    else:
+        row = await store.issue(ctx.pool, event, user)
+        if row is None:
+            if await store.event_status(ctx.pool, event) is None:
+                raise EventNotFound()
+            raise IssueNotFound()
+        ordinal, issued_at = row["ordinal"], iso(row["issued_at"])
+    return json({"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": issued_at})
+
+
+@public.get("/health", name="health")
+async def health(request: Request) -> HTTPResponse:
+    return json({"status": "ok"})
+
+
+@public.get("/ready", name="ready")
+async def ready(request: Request) -> HTTPResponse:
+    """Ready when Redis answers with the scripts loaded and PostgreSQL answers."""
+    ctx = request.app.ctx
+    timeout_s = ctx.settings.redis_timeout_s
+    checks = {"redis": False, "scripts": False, "postgres": False}
+    try:
+        if not await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s):
+            await asyncio.wait_for(ctx.events.load_scripts(), timeout_s)
+        checks["redis"] = checks["scripts"] = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        pass
+    try:
+        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), max(timeout_s, 1.0))
+        checks["postgres"] = True
+    except Exception:  # noqa: BLE001
+        pass
+    if all(checks.values()):
+        return json({"status": "ready", "checks": checks})
+    exc = Unavailable("not ready: " + ", ".join(name for name, ok in checks.items() if not ok))
+    return json({"error": {"code": exc.code, "message": exc.detail}, "checks": checks}, 503)

@@ -1,0 +1,114 @@
+"""PostgreSQL queries for events and the issues stored for them (never on the issue path)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .validation import EventSpec
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    id: int
+    name: str
+    quantity: int
+    starts_at: datetime
+    ends_at: datetime | None
+    status: str
+    coupon: dict[str, Any] | None
+
+
+_EVENT_COLUMNS = """
+    e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon
+"""
+
+
+def _event(row: asyncpg.Record) -> EventRow:
+    coupon = row["coupon"]
+    return EventRow(
+        id=row["id"],
+        name=row["name"],
+        quantity=row["quantity"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        status=row["status"],
+        coupon=orjson.loads(coupon) if coupon is not None else None,
+    )
+
+
+async def create_event(pool: asyncpg.Pool, spec: EventSpec, starts_at: datetime) -> EventRow:
+    async with pool.acquire() as conn, conn.transaction():
+        coupon_id = None
+        if spec.coupon is not None:
+            coupon_id = await conn.fetchval(
+                "INSERT INTO coupons (name, details) VALUES ($1, $2::jsonb) RETURNING id",
+                spec.coupon.get("name", spec.name),
+                orjson.dumps(spec.coupon).decode(),
+            )
+        event_id = await conn.fetchval(
+            """INSERT INTO events (name, coupon_id, quantity, starts_at, ends_at)
+               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+            spec.name,
+            coupon_id,
+            spec.quantity,
+            starts_at,
+            spec.ends_at,
+        )
+        row = await conn.fetchrow(
+            f"SELECT {_EVENT_COLUMNS} FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id WHERE e.id = $1",
+            event_id,
+        )
+    return _event(row)
+
+
+async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
+    row = await pool.fetchrow(
+        f"SELECT {_EVENT_COLUMNS} FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id WHERE e.id = $1",
+        event_id,
+    )
+    return None if row is None else _event(row)
+
+
+async def event_status(pool: asyncpg.Pool, event_id: int) -> str | None:
+    return await pool.fetchval("SELECT status FROM events WHERE id = $1", event_id)  # type: ignore[no-any-return]
+
+
+async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
+    await pool.execute(
+        "UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status
+    )
+
+
+async def live_event_ids(pool: asyncpg.Pool) -> list[int]:
+    rows = await pool.fetch("SELECT id FROM events WHERE status <> 'closed' ORDER BY id")
+    return [row["id"] for row in rows]
+
+
+async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
+    return await pool.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)  # type: ignore[no-any-return]
+
+
+async def issue(pool: asyncpg.Pool, event_id: int, user_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT ordinal, issued_at FROM coupon_issues WHERE event_id = $1 AND user_id = $2",
+        event_id,
+        user_id,
+    )
+
+
+async def issued_users(pool: asyncpg.Pool, event_id: int) -> set[str]:
+    rows = await pool.fetch("SELECT user_id FROM coupon_issues WHERE event_id = $1", event_id)
+    return {row["user_id"] for row in rows}
+
+
+async def issue_records(pool: asyncpg.Pool, event_id: int) -> Sequence[asyncpg.Record]:
+    return await pool.fetch(  # type: ignore[no-any-return]
+        "SELECT user_id, ordinal, issued_at FROM coupon_issues WHERE event_id = $1 ORDER BY ordinal",
+        event_id,
+    )

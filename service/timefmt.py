@@ -1,0 +1,30 @@
+"""Conversions between Redis microsecond timestamps and the API's ISO 8601 text."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us // 1_000_000, timezone.utc).replace(microsecond=us % 1_000_000)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def iso_us(us: int) -> str:
+    return iso(from_us(us)) or ""
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
