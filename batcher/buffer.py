@@ -52,12 +52,12 @@ class Buffer:
 
     def commit(self, records: Iterable[IssueRecord], reserved: int) -> None:
         """Add decided issues, giving back the reservation they were decided under."""
+        batch = list(records)
+        if len(batch) > reserved:
+            raise ValueError(f"committing {len(batch)} rows under a reservation of {reserved}")
         self.release(reserved)
-        before = len(self._rows)
-        self._rows.extend(records)
-        if len(self._rows) - before > reserved:
-            raise ValueError("committed more rows than were reserved")
-        self.accepted += len(self._rows) - before
+        self._rows.extend(batch)
+        self.accepted += len(batch)
         self._publish()
 
     def oldest(self, rows: int) -> list[IssueRecord]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,5 +15,5 @@ class IssueRecord:
 
     def row(self) -> tuple[int, str, int, datetime]:
         seconds, micros = divmod(self.issued_at_us, 1_000_000)
-        moment = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+        moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
         return (self.event_id, self.user_id, self.ordinal, moment)

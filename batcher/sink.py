@@ -40,6 +40,7 @@ LEFT JOIN coupon_issues c
 WHERE c.event_id IS NULL
 """
 
+
 async def write(conn: asyncpg.Connection, records: Sequence[IssueRecord]) -> int:
     """Store the records in one transaction; returns how many rows were new."""
     if not records:

@@ -68,7 +68,7 @@ class Writer:
             if len(self._buffer) < self._batch_rows:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._wakeup.clear()
             try:
@@ -77,7 +77,7 @@ class Writer:
                     if len(self._buffer) < self._batch_rows:
                         break
                 backoff_s = _FIRST_RETRY_S
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
@@ -97,7 +97,7 @@ class Writer:
             await asyncio.shield(self._task)
         try:
             await asyncio.shield(self._drain(timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.error(
                 "drain overran its %.1fs budget: %d rows not stored (reconcile from Redis recovers them)",
                 timeout_s,
@@ -110,7 +110,7 @@ class Writer:
         while len(self._buffer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError()
+                raise TimeoutError()
             try:
                 await asyncio.wait_for(self.flush(), remaining)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

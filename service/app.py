@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+from types import SimpleNamespace
 
 import asyncpg
 from sanic import Sanic
+from sanic.config import Config
 
 from batcher import Buffer, Writer
 
@@ -26,13 +28,14 @@ from .workers import WorkerBoard, shared_objects
 
 logger = logging.getLogger(__name__)
 
+App = Sanic[Config, SimpleNamespace]
 APP_NAME = "coupon_service"
 # Connections beyond the issue path's: admin operations, reads, reconcile.
 _EXTRA_REDIS_CONNECTIONS = 8
 _PG_POOL_MAX = 8
 
 
-def create_app(settings: Settings) -> Sanic:
+def create_app(settings: Settings) -> App:
     app = Sanic(APP_NAME)
     app.config.update(
         REQUEST_MAX_SIZE=settings.request_max_bytes,
@@ -47,22 +50,22 @@ def create_app(settings: Settings) -> Sanic:
     app.error_handler.add(Exception, handle)
 
     @app.main_process_start
-    async def share(app: Sanic) -> None:
+    async def share(app: App) -> None:
         for name, value in shared_objects().items():
             setattr(app.shared_ctx, name, value)
 
     @app.before_server_start
-    async def start_worker(app: Sanic) -> None:
+    async def start_worker(app: App) -> None:
         await _start_worker(app, settings)
 
     @app.after_server_stop
-    async def stop_worker(app: Sanic) -> None:
+    async def stop_worker(app: App) -> None:
         await _stop_worker(app, settings)
 
     return app
 
 
-async def _start_worker(app: Sanic, settings: Settings) -> None:
+async def _start_worker(app: App, settings: Settings) -> None:
     ctx = app.ctx
     shared = app.shared_ctx
     ctx.board = WorkerBoard(shared.board_cells, shared.board_lock, shared.board_epoch)
@@ -117,7 +120,7 @@ async def _start_worker(app: Sanic, settings: Settings) -> None:
     )
 
 
-async def _stop_worker(app: Sanic, settings: Settings) -> None:
+async def _stop_worker(app: App, settings: Settings) -> None:
     """After in-flight requests are answered: store every buffered row, then close."""
     ctx = app.ctx
     ctx.reconciler.cancel()

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         or f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}",
         help="the service's base URL (env COUPON_URL; default http://HOST:PORT)",
     )
-    parser.add_argument("--token", default=os.environ.get("ADMIN_TOKEN"), help="admin token (env ADMIN_TOKEN)")
+    parser.add_argument(
+        "--token", default=os.environ.get("ADMIN_TOKEN"), help="admin token (env ADMIN_TOKEN)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     create = commands.add_parser("create", help="create an event")
@@ -74,16 +76,18 @@ def main(argv: list[str] | None = None) -> None:
 
 class _Client:
     def __init__(self, url: str, token: str) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise SystemExit(f"couponctl: --url must be http:// or https://, got {url!r}")
         self._url = url.rstrip("/")
         self._token = token
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self._url + path, data=data, method=method)
+        request = urllib.request.Request(self._url + path, data=data, method=method)  # noqa: S310 - scheme checked
         request.add_header("Authorization", f"Bearer {self._token}")
         request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -141,7 +145,7 @@ def _check() -> int:
 
     try:
         asyncio.run(postgres())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         print(
             f"PostgreSQL is not reachable at {database_url} ({exc}); start it with: {_POSTGRES_HINT}",
             file=sys.stderr,

@@ -70,7 +70,7 @@ class Coalescer(Generic[Result]):
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the waiting requests
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from lua import source
 
@@ -81,14 +84,22 @@ class EventStore:
         shas = [s.sha for s in (self._issue, self._hold, self._finish_sync)]
         return all(await self.redis.script_exists(*shas))
 
+    async def _run(self, script: AsyncScript, keys: list[str], args: Sequence[str | int]) -> Any:
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # The cache was flushed (SCRIPT FLUSH, a restart, a failover). EVAL carries the
+            # source and caches it again, so this answer cannot hit a second flush.
+            return await self.redis.eval(str(script.script), len(keys), *keys, *args)
+
     async def decide(self, event_id: int, users: Sequence[str]) -> list[int]:
-        """One atomic decision for a batch: [now_us, outcome per user]. NOSCRIPT reloads."""
+        """One atomic decision for a batch: [now_us, outcome per user]."""
         keys = event_keys(event_id)
-        return await self._issue(keys=[keys.meta, keys.seq, keys.users], args=users)  # type: ignore[no-any-return]
+        return await self._run(self._issue, [keys.meta, keys.seq, keys.users], users)  # type: ignore[no-any-return]
 
     async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
         keys = event_keys(event_id)
-        previous = await self._hold(keys=[keys.meta], args=[status, *times.args()])
+        previous = await self._run(self._hold, [keys.meta], [status, *times.args()])
         return previous or None
 
     async def merge_records(self, event_id: int, records: Sequence[tuple[str, int, int]]) -> None:
@@ -100,10 +111,12 @@ class EventStore:
                     pipe.hsetnx(users_key, user, f"{ordinal}:{issued_at_us}")
                 await pipe.execute()
 
-    async def finish_sync(self, event_id: int, status: str, times: EventTimes, max_ordinal: int) -> tuple[int, int]:
+    async def finish_sync(
+        self, event_id: int, status: str, times: EventTimes, max_ordinal: int
+    ) -> tuple[int, int]:
         keys = event_keys(event_id)
-        seq, records = await self._finish_sync(
-            keys=[keys.meta, keys.seq, keys.users], args=[status, *times.args(), max_ordinal]
+        seq, records = await self._run(
+            self._finish_sync, [keys.meta, keys.seq, keys.users], [status, *times.args(), max_ordinal]
         )
         return int(seq), int(records)
 
@@ -132,13 +145,13 @@ class EventStore:
 
     async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
         value = await self.redis.hget(event_keys(event_id).users, user_id)
-        return None if value is None else parse_record(value)
+        return None if value is None else parse_record(str(value))
 
     async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
         """Every (user, ordinal, issued_at_us) Redis holds for the event."""
         async for user, value in self.redis.hscan_iter(event_keys(event_id).users, count=5000):
-            ordinal, issued_at_us = parse_record(value)
-            yield user, ordinal, issued_at_us
+            ordinal, issued_at_us = parse_record(str(value))
+            yield str(user), ordinal, issued_at_us
 
     def lock(self, name: str, timeout_s: float):  # type: ignore[no-untyped-def]
         return self.redis.lock(name, timeout=timeout_s, blocking=False)

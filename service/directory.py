@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-Lookup = Callable[[int], Awaitable[str | None]]
+Lookup = Callable[[int], Coroutine[Any, Any, str | None]]
 
 
 class EventDirectory:

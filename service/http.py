@@ -49,7 +49,9 @@ def handle(request: Request, exc: Exception) -> HTTPResponse:
         return error(MethodNotAllowed())
     if isinstance(exc, SanicPayloadTooLarge):
         return error(PayloadTooLarge())
-    if isinstance(exc, (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)):
+    if isinstance(
+        exc, (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+    ):
         logger.warning("dependency failed on %s: %s", request.path, type(exc).__name__)
         return error(Unavailable())
     if isinstance(exc, SanicException) and 400 <= exc.status_code < 500:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -104,7 +103,7 @@ class Issuer:
             raise Unavailable("too many issues are waiting to be stored; retry shortly") from None
         try:
             reply = await self._events.decide(event_id, users)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._buffer.release(len(users))
             logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)
             raise Unavailable() from exc
@@ -128,7 +127,7 @@ class Issuer:
     async def _missing(self, event_id: int) -> ServiceError:
         try:
             status = await self._directory.status(event_id)
-        except Exception as exc:  # PostgreSQL cannot say either: never guess (I5)
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL cannot say either: never guess (I5)
             logger.warning("event lookup failed for event %d: %s", event_id, type(exc).__name__)
             return Unavailable()
         if status is None:

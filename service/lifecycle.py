@@ -62,7 +62,9 @@ class EventReport:
 
 
 class Lifecycle:
-    def __init__(self, pool: asyncpg.Pool, events: EventStore, board: WorkerBoard, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, events: EventStore, board: WorkerBoard, settings: Settings
+    ) -> None:
         self._pool = pool
         self._events = events
         self._board = board
@@ -111,17 +113,20 @@ class Lifecycle:
             rows_buffered=self._board.buffered_rows(),
         )
 
-    async def reconcile(self, event_id: int, *, min_age_s: float = 0.0) -> int:
-        """Store what Redis recorded for the event but PostgreSQL lacks."""
+    async def reconcile(self, event_id: int, *, issued_before_us: int | None = None) -> int:
+        """Store what Redis recorded for the event (before a moment, if given) that PostgreSQL lacks."""
         state = await self._events.state(event_id)
+        # PostgreSQL only ever holds issues Redis decided, and a rebuild merges them back,
+        # so while Redis holds the event equal counts mean equal sets.
         if state.records == 0 or state.records == await store.issue_count(self._pool, event_id):
             return 0
-        older_than_us = to_us(now_utc()) - int(min_age_s * 1_000_000) if min_age_s else None
         written = await write_missing(
-            self._pool, event_id, self._redis_records(event_id), older_than_us=older_than_us
+            self._pool, event_id, self._redis_records(event_id), older_than_us=issued_before_us
         )
         if written:
-            logger.warning("reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id)
+            logger.warning(
+                "reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id
+            )
         return written
 
     async def _redis_records(self, event_id: int) -> AsyncIterator[IssueRecord]:
@@ -182,6 +187,10 @@ class Lifecycle:
         async with self._locked(row.id):
             await self._events.hold(row.id, "closed", self.times(row))
             self._board.bump_epoch()
+            try:
+                await self._board.wait_stored(self._settings.sync_timeout_s)
+            except TimeoutError:
+                logger.warning("closing event %d with rows still buffered; reconcile stores them", row.id)
             await self.reconcile(row.id)
             if row.status != "closed":
                 await store.set_status(self._pool, row.id, "closed")

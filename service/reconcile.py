@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from . import store
 from .decision import EventStore
@@ -21,21 +22,29 @@ from .lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
+_RETRY_S = 1.0
+_LOCK_S = 10.0
 
-async def reconcile_all(pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle, *, min_age_s: float, lock_s: float) -> int | None:
+
+async def reconcile_all(
+    pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle, *, issued_before_us: int
+) -> int | None:
     """Reconcile every live event; None if another worker holds the lock."""
-    lock = events.lock(RECONCILE_LOCK, lock_s)
+    # A short lock, renewed per event: a worker killed while holding it blocks the
+    # others for seconds, not minutes.
+    lock = events.lock(RECONCILE_LOCK, _LOCK_S)
     if not await lock.acquire():
         return None
     try:
         written = 0
         for event_id in await store.live_event_ids(pool):
-            written += await lifecycle.reconcile(event_id, min_age_s=min_age_s)
+            written += await lifecycle.reconcile(event_id, issued_before_us=issued_before_us)
+            await lock.reacquire()
         return written
     finally:
         try:
             await lock.release()
-        except RedisError:
+        except (LockError, RedisError):
             logger.warning("reconcile lock lapsed before release")
 
 
@@ -47,17 +56,27 @@ async def run_periodically(
     interval_s: float,
     min_age_s: float,
 ) -> None:
-    first = True
+    # The first pass writes every record made before this worker started: a killed
+    # predecessor's rows are stored at once, while rows issued since (still in live
+    # buffers) are left to their writers. A busy lock or a failure retries soon rather
+    # than a full interval later, so that first pass is not skipped.
+    started = False
+    started_at_us = _now_us()
     while True:
         try:
-            await reconcile_all(
+            written = await reconcile_all(
                 pool,
                 events,
                 lifecycle,
-                min_age_s=0.0 if first else min_age_s,
-                lock_s=max(60.0, interval_s),
+                issued_before_us=_now_us() - int(min_age_s * 1e6) if started else started_at_us,
             )
-            first = False
-        except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
-            logger.warning("reconcile failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, interval_s)
-        await asyncio.sleep(interval_s)
+        except (TimeoutError, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
+            written = None
+        if written is not None:
+            started = True
+        await asyncio.sleep(interval_s if started else min(interval_s, _RETRY_S))
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000

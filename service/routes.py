@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import asyncpg
+from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request
 
 from . import store, validation
 from .errors import EventNotFound, IssueNotFound, Unavailable
 from .http import json
 from .timefmt import iso, iso_us, now_utc, to_us
+
+logger = logging.getLogger(__name__)
 
 public = Blueprint("public")
 
@@ -76,7 +81,7 @@ async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPRespo
     record = await ctx.events.record(event, user)
     if record is not None:
         ordinal, issued_at_us = record
-        issued_at = iso_us(issued_at_us)
+        issued_at: str | None = iso_us(issued_at_us)
     else:
         row = await store.issue(ctx.pool, event, user)
         if row is None:
@@ -99,17 +104,19 @@ async def ready(request: Request) -> HTTPResponse:
     timeout_s = ctx.settings.redis_timeout_s
     checks = {"redis": False, "scripts": False, "postgres": False}
     try:
-        if not await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s):
+        loaded = await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s)
+        checks["redis"] = True
+        if not loaded:
             await asyncio.wait_for(ctx.events.load_scripts(), timeout_s)
-        checks["redis"] = checks["scripts"] = True
-    except Exception:  # noqa: BLE001 - any failure means not ready
-        pass
+        checks["scripts"] = True
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.debug("not ready: Redis: %s", type(exc).__name__)
     try:
         await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), max(timeout_s, 1.0))
         checks["postgres"] = True
-    except Exception:  # noqa: BLE001
-        pass
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        logger.debug("not ready: PostgreSQL: %s", type(exc).__name__)
     if all(checks.values()):
         return json({"status": "ready", "checks": checks})
-    exc = Unavailable("not ready: " + ", ".join(name for name, ok in checks.items() if not ok))
-    return json({"error": {"code": exc.code, "message": exc.detail}, "checks": checks}, 503)
+    refusal = Unavailable("not ready: " + ", ".join(name for name, ok in checks.items() if not ok))
+    return json({"error": {"code": refusal.code, "message": refusal.detail}, "checks": checks}, 503)

@@ -24,8 +24,10 @@ class EventRow:
     coupon: dict[str, Any] | None
 
 
-_EVENT_COLUMNS = """
-    e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon
+_EVENT_BY_ID = """
+SELECT e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon
+FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id
+WHERE e.id = $1
 """
 
 
@@ -61,7 +63,7 @@ async def create_event(pool: asyncpg.Pool, spec: EventSpec, starts_at: datetime)
             spec.ends_at,
         )
         row = await conn.fetchrow(
-            f"SELECT {_EVENT_COLUMNS} FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id WHERE e.id = $1",
+            _EVENT_BY_ID,
             event_id,
         )
     return _event(row)
@@ -69,7 +71,7 @@ async def create_event(pool: asyncpg.Pool, spec: EventSpec, starts_at: datetime)
 
 async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
     row = await pool.fetchrow(
-        f"SELECT {_EVENT_COLUMNS} FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id WHERE e.id = $1",
+        _EVENT_BY_ID,
         event_id,
     )
     return None if row is None else _event(row)
@@ -80,9 +82,7 @@ async def event_status(pool: asyncpg.Pool, event_id: int) -> str | None:
 
 
 async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
-    await pool.execute(
-        "UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status
-    )
+    await pool.execute("UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status)
 
 
 async def live_event_ids(pool: asyncpg.Pool) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ MAX_COUPON_BYTES = 4096
 _USER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _EVENT_ID = re.compile(r"[1-9][0-9]{0,18}")
 # Timestamps beyond this are absurd for a sale and would overflow µs arithmetic in Lua.
-_LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def event_id(raw: str) -> int:
@@ -85,11 +85,7 @@ def event_spec(body: bytes, now: datetime) -> EventSpec:
     if "\x00" in name:
         raise InvalidRequest("name must not contain NUL")
     quantity = data.get("quantity")
-    if (
-        not isinstance(quantity, int)
-        or isinstance(quantity, bool)
-        or not 1 <= quantity <= MAX_QUANTITY
-    ):
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
         raise InvalidRequest(f"quantity must be an integer from 1 to {MAX_QUANTITY}")
     starts_at = _timestamp(data.get("starts_at"), "starts_at")
     ends_at = _timestamp(data.get("ends_at"), "ends_at")
@@ -121,7 +117,7 @@ def _timestamp(value: object, field: str) -> datetime | None:
         raise InvalidRequest(f"{field} must be an ISO 8601 timestamp with a time zone") from None
     if parsed.tzinfo is None:
         raise InvalidRequest(f"{field} must carry a time zone (for example Z or +09:00)")
-    parsed = parsed.astimezone(timezone.utc)
+    parsed = parsed.astimezone(UTC)
     if parsed >= _LATEST:
         raise InvalidRequest(f"{field} is too far in the future")
     return parsed

@@ -1,0 +1,111 @@
+"""Real Redis and PostgreSQL for every test: a test database and Redis db, never mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from service.schema import create_database, migrate
+from tests.support.api import ADMIN_TOKEN, Api, connector
+from tests.support.servers import ServiceProcess
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+async def _fresh_database(url: str) -> None:
+    name = url.rsplit("/", 1)[-1]
+    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    await create_database(url)
+    await migrate(url)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    asyncio.run(_fresh_database(TEST_DATABASE_URL))
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    async def flush() -> None:
+        client = Redis.from_url(TEST_REDIS_URL)
+        await client.flushdb()
+        await client.aclose()
+
+    asyncio.run(flush())
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "WORKERS": "2",
+        "LOG_LEVEL": "WARNING",
+        "GRACEFUL_TIMEOUT_S": "20",
+    }
+
+
+@pytest.fixture(scope="session")
+def start_service(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start a service with extra settings; every one started is stopped at the end."""
+    started: list[ServiceProcess] = []
+    logs = tmp_path_factory.mktemp("service-logs")
+
+    def start(**env: str) -> ServiceProcess:
+        process = ServiceProcess({**service_env, **env}, Path(logs) / f"service-{len(started)}.log")
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def service(start_service: Callable[..., ServiceProcess]) -> ServiceProcess:
+    """The shared service (2 workers) most tests talk to; each test makes its own event."""
+    return start_service()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        connector=connector(), timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def api(service: ServiceProcess, http: aiohttp.ClientSession) -> Api:
+    return Api(service.url, http)
+
+
+@pytest.fixture(scope="session")
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

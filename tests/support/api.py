@@ -1,0 +1,101 @@
+"""A small async client of the service's HTTP API, for tests and bursts."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+
+    @property
+    def code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return self.body["error"].get("code")
+        return None
+
+
+class Api:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.session = session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        admin: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if admin:
+            all_headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        data = raw if raw is not None else (None if body is None else orjson.dumps(body))
+        async with self.session.request(method, self.url + path, data=data, headers=all_headers) as response:
+            payload = await response.read()
+            try:
+                parsed = orjson.loads(payload) if payload else None
+            except orjson.JSONDecodeError:
+                parsed = payload
+            return Reply(response.status, parsed)
+
+    async def issue(self, event_id: int, user_id: Any) -> Reply:
+        return await self.request("POST", f"/events/{event_id}/issue", {"user_id": user_id})
+
+    async def create(self, quantity: int, **fields: Any) -> int:
+        reply = await self.request(
+            "POST", "/admin/events", {"name": "test event", "quantity": quantity, **fields}, admin=True
+        )
+        assert reply.status == 201, reply
+        return int(reply.body["id"])
+
+    async def open(self, event_id: int) -> Reply:
+        return await self.request("POST", f"/admin/events/{event_id}/open", admin=True)
+
+    async def close(self, event_id: int) -> Reply:
+        return await self.request("POST", f"/admin/events/{event_id}/close", admin=True)
+
+    async def sync(self, event_id: int) -> Reply:
+        return await self.request("POST", f"/admin/events/{event_id}/sync", admin=True)
+
+    async def stats(self, event_id: int) -> Reply:
+        return await self.request("GET", f"/admin/events/{event_id}", admin=True)
+
+    async def open_event(self, quantity: int, **fields: Any) -> int:
+        event_id = await self.create(quantity, **fields)
+        reply = await self.open(event_id)
+        assert reply.status == 200, reply
+        return event_id
+
+
+async def burst(api: Api, event_id: int, users: list[Any]) -> list[Reply]:
+    """Fire every request at once (open loop): all are in flight before any answer is read."""
+    start = asyncio.Event()
+
+    async def one(user: Any) -> Reply:
+        await start.wait()
+        try:
+            return await api.issue(event_id, user)
+        except aiohttp.ClientError as exc:
+            return Reply(-1, repr(exc))
+
+    tasks = [asyncio.create_task(one(user)) for user in users]
+    await asyncio.sleep(0)
+    start.set()
+    return list(await asyncio.gather(*tasks))
+
+
+def connector(limit: int = 4000) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(limit=limit, force_close=False)

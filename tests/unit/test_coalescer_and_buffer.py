@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from batcher import Buffer, BufferFull, IssueRecord
+from service.coalescer import Coalescer
+from service.issuing import SoldOutFlags
+
+
+async def test_requests_of_one_loop_turn_share_one_decision() -> None:
+    calls: list[tuple[int, list[str]]] = []
+
+    async def decide(event_id: int, users: list[str]) -> list[str]:
+        calls.append((event_id, users))
+        return [f"{event_id}:{user}" for user in users]
+
+    coalescer: Coalescer[str] = Coalescer(decide, max_batch=100, max_inflight=2)
+    futures = [coalescer.submit(1, f"u{n}") for n in range(5)] + [coalescer.submit(2, "v")]
+    assert await asyncio.gather(*futures) == ["1:u0", "1:u1", "1:u2", "1:u3", "1:u4", "2:v"]
+    assert calls == [(1, ["u0", "u1", "u2", "u3", "u4"]), (2, ["v"])]
+
+
+async def test_batches_are_bounded_and_inflight_decisions_too() -> None:
+    running = 0
+    most = 0
+    sizes: list[int] = []
+
+    async def decide(event_id: int, users: list[str]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        sizes.append(len(users))
+        await asyncio.sleep(0.01)
+        running -= 1
+        return [1] * len(users)
+
+    coalescer: Coalescer[int] = Coalescer(decide, max_batch=10, max_inflight=2)
+    await asyncio.gather(*(coalescer.submit(7, str(n)) for n in range(95)))
+    assert most == 2 and max(sizes) == 10 and sum(sizes) == 95
+
+
+async def test_a_failed_decision_fails_every_request_of_its_batch() -> None:
+    async def decide(event_id: int, users: list[str]) -> list[int]:
+        raise ConnectionError("down")
+
+    coalescer: Coalescer[int] = Coalescer(decide, max_batch=10, max_inflight=1)
+    results = await asyncio.gather(*(coalescer.submit(1, str(n)) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(result, ConnectionError) for result in results)
+
+
+def test_the_buffer_reserves_before_and_counts_watermarks() -> None:
+    published: list[tuple[int, int]] = []
+    buffer = Buffer(5, on_change=lambda accepted, stored: published.append((accepted, stored)))
+    buffer.reserve(3)
+    with pytest.raises(BufferFull):
+        buffer.reserve(3)
+    buffer.commit([IssueRecord(1, "a", 1, 0), IssueRecord(1, "b", 2, 0)], reserved=3)
+    assert (len(buffer), buffer.reserved, buffer.accepted) == (2, 0, 2)
+    assert [r.user_id for r in buffer.oldest(5)] == ["a", "b"]
+    buffer.mark_stored(1)
+    assert [r.user_id for r in buffer.oldest(5)] == ["b"]
+    assert published == [(2, 0), (2, 1)]
+    with pytest.raises(ValueError):
+        buffer.commit([IssueRecord(1, "c", 3, 0)], reserved=0)
+
+
+def test_sold_out_flags_lapse_and_clear_with_the_epoch() -> None:
+    epoch = [0]
+    flags = SoldOutFlags(60, lambda: epoch[0])
+    flags.set(1)
+    assert flags.is_set(1) and not flags.is_set(2)
+    epoch[0] += 1
+    assert not flags.is_set(1)
+    never = SoldOutFlags(0, lambda: 0)
+    never.set(1)
+    assert not never.is_set(1)

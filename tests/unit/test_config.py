@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+
+from service.config import ConfigError, Settings
+
+TOKEN = {"ADMIN_TOKEN": "x" * 16}
+
+
+def test_defaults_need_only_the_admin_token() -> None:
+    settings = Settings.from_env(TOKEN)
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/coupons"
+    assert (settings.host, settings.port, settings.graceful_timeout_s) == ("127.0.0.1", 8000, 60.0)
+    assert settings.workers >= 1
+
+
+def test_values_are_read_and_converted() -> None:
+    settings = Settings.from_env(
+        {**TOKEN, "PORT": "9000", "WORKERS": "3", "FLUSH_INTERVAL_MS": "20", "BUFFER_MAX_ROWS": "10000"}
+    )
+    assert (settings.port, settings.workers, settings.flush_interval_s, settings.buffer_max_rows) == (
+        9000,
+        3,
+        0.02,
+        10000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("WORKERS", "0"),
+        ("FLUSH_INTERVAL_MS", "1.5"),
+        ("REDIS_TIMEOUT_MS", "-1"),
+        ("GRACEFUL_TIMEOUT_S", "soon"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("REDIS_URL", "redis://:6379"),
+        ("DATABASE_URL", "mysql://root@127.0.0.1/coupons"),
+        ("DATABASE_URL", "postgresql://127.0.0.1:notaport/coupons"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_a_malformed_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**TOKEN, name: value})
+    assert caught.value.name == name
+    assert str(caught.value).startswith(name)
+
+
+def test_the_admin_token_is_required_and_long_enough() -> None:
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
+        Settings.from_env({})
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
+        Settings.from_env({"ADMIN_TOKEN": "short"})
+
+
+def test_settings_that_contradict_each_other_are_refused() -> None:
+    with pytest.raises(ConfigError, match="FLUSH_BATCH_ROWS"):
+        Settings.from_env({**TOKEN, "FLUSH_BATCH_ROWS": "500", "BUFFER_MAX_ROWS": "100"})
+
+
+def test_the_token_never_shows_in_a_repr() -> None:
+    assert "x" * 16 not in repr(Settings.from_env(TOKEN))
