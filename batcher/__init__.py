@@ -2,6 +2,6 @@
 
 from .buffer import Buffer, BufferFull
 from .records import IssueRecord
-from .writer import Writer
+from .writer import Writer, create_pool
 
-__all__ = ["Buffer", "BufferFull", "IssueRecord", "Writer"]
+__all__ = ["Buffer", "BufferFull", "IssueRecord", "Writer", "create_pool"]

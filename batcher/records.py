@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class IssueRecord:
+class IssueRecord(NamedTuple):
+    """A tuple, so a batch goes to COPY as it is: no per-row conversion in Python."""
+
     event_id: int
     user_id: str
     ordinal: int
-    issued_at_us: int
-
-    def row(self) -> tuple[int, str, int, datetime]:
-        seconds, micros = divmod(self.issued_at_us, 1_000_000)
-        moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
-        return (self.event_id, self.user_id, self.ordinal, moment)
+    issued_at_us: int  # µs since the epoch, from Redis TIME

@@ -48,4 +48,5 @@ async def write_missing(
 
 async def _write(pool: asyncpg.Pool, records: list[IssueRecord]) -> int:
     async with pool.acquire() as conn:
+        await sink.prepare_connection(conn)
         return await sink.write(conn, records)

@@ -21,13 +21,14 @@ CREATE TEMPORARY TABLE IF NOT EXISTS issue_staging (
     event_id bigint NOT NULL,
     user_id text NOT NULL,
     ordinal bigint NOT NULL,
-    issued_at timestamptz NOT NULL
+    issued_at_us bigint NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
 _INSERT = """
 INSERT INTO coupon_issues (event_id, user_id, ordinal, issued_at)
-SELECT event_id, user_id, ordinal, issued_at FROM issue_staging
+SELECT event_id, user_id, ordinal, timestamptz 'epoch' + issued_at_us * interval '1 microsecond'
+FROM issue_staging
 ON CONFLICT DO NOTHING
 """
 
@@ -41,16 +42,23 @@ WHERE c.event_id IS NULL
 """
 
 
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Create the session's staging table: once per connection (a pool's ``init``)."""
+    await conn.execute(STAGING_DDL)
+
+
 async def write(conn: asyncpg.Connection, records: Sequence[IssueRecord]) -> int:
-    """Store the records in one transaction; returns how many rows were new."""
+    """Store the records in one transaction; returns how many rows were new.
+
+    The connection must have been through :func:`prepare_connection`.
+    """
     if not records:
         return 0
     async with conn.transaction():
-        await conn.execute(STAGING_DDL)
         await conn.copy_records_to_table(
             "issue_staging",
-            records=[record.row() for record in records],
-            columns=("event_id", "user_id", "ordinal", "issued_at"),
+            records=records,
+            columns=("event_id", "user_id", "ordinal", "issued_at_us"),
         )
         status = await conn.execute(_INSERT)
         inserted = int(status.rsplit(" ", 1)[-1])

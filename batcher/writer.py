@@ -17,6 +17,16 @@ logger = logging.getLogger(__name__)
 _FIRST_RETRY_S = 0.05
 
 
+async def create_pool(database_url: str, *, max_size: int = 2) -> asyncpg.Pool:
+    """The writer's own connections, each with its staging table made once.
+
+    min_size=0: a worker starts even while PostgreSQL is down; the buffer holds meanwhile.
+    """
+    return await asyncpg.create_pool(
+        database_url, min_size=0, max_size=max_size, init=sink.prepare_connection, command_timeout=60
+    )
+
+
 class Writer:
     def __init__(
         self,

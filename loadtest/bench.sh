@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # make bench: a short closed-loop run with wrk against /health and /events/{id}/issue in
-# the same run (same server, same machine), printing both rates and their ratio, then
+# the same run (same server, same machine), alternating the two for BENCH_ROUNDS rounds so
+# a noisy neighbour hits both alike, printing the median rates and their ratio, then
 # checking that every issue was stored exactly once.
 #
-# Settings (environment): BENCH_WORKERS (2), BENCH_DURATION (10s), BENCH_CONNECTIONS (64),
-# BENCH_THREADS (1), BENCH_PORT (a free port). Uses the DATABASE_URL / REDIS_URL databases.
+# Settings (environment): BENCH_WORKERS (2), BENCH_ROUNDS (3), BENCH_DURATION (5s per run),
+# BENCH_CONNECTIONS (64), BENCH_THREADS (1), BENCH_PORT (a free port).
+# Uses the DATABASE_URL / REDIS_URL databases; other service settings pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 command -v wrk >/dev/null || { echo "bench: wrk is missing; install it with: apt-get install -y wrk"; exit 1; }
 
 BIN=.venv/bin
 WORKERS=${BENCH_WORKERS:-2}
-DURATION=${BENCH_DURATION:-10s}
+DURATION=${BENCH_DURATION:-5s}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-1}
 PORT=${BENCH_PORT:-$($BIN/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
@@ -40,14 +43,22 @@ event=$(COUPON_URL=$URL ADMIN_TOKEN=$TOKEN "$BIN/couponctl" create "bench $(date
 echo "bench: event $event opened (quantity 1,000,000,000)"
 
 rate() { awk '/^Requests\/sec:/ {print $2}'; }
-echo "bench: wrk -t$THREADS -c$CONNECTIONS -d$DURATION $URL/health"
-health_out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$URL/health")
-health=$(echo "$health_out" | rate)
-echo "bench: wrk -t$THREADS -c$CONNECTIONS -d$DURATION -s loadtest/wrk/issue.lua $URL/events/$event/issue"
-issue_out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/wrk/issue.lua \
-  "$URL/events/$event/issue" -- "run$$")
-issue=$(echo "$issue_out" | rate)
-summary=$(echo "$issue_out" | grep '^{')
+median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+health_rates=""
+issue_rates=""
+summary=""
+for round in $(seq 1 "$ROUNDS"); do
+  h=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$URL/health" | rate)
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/wrk/issue.lua \
+    "$URL/events/$event/issue" -- "run$$-$round")
+  i=$(echo "$out" | rate)
+  summary=$(echo "$out" | grep '^{')
+  echo "bench: round $round/$ROUNDS: /health $h req/s, /issue $i req/s; issue answers $summary"
+  health_rates="$health_rates $h"
+  issue_rates="$issue_rates $i"
+done
+health=$(echo $health_rates | median)
+issue=$(echo $issue_rates | median)
 
 # Every 201 must be stored: wait for the writer, then compare Redis and PostgreSQL.
 stats=""
@@ -61,8 +72,7 @@ issued=$(echo "$stats" | "$BIN/python" -c 'import json,sys; print(json.load(sys.
 stored=$(echo "$stats" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["rows_stored"])')
 
 ratio=$("$BIN/python" -c "print(f'{$issue / $health:.2f}')")
-echo "bench: issue answers: $summary"
 echo "bench: issued in Redis $issued, rows stored $stored"
-printf 'bench: %s, %s workers, wrk -t%s -c%s -d%s: /health %.0f req/s, /issue %.0f req/s, ratio %s\n' \
-  "$(date -u +%F)" "$WORKERS" "$THREADS" "$CONNECTIONS" "$DURATION" "$health" "$issue" "$ratio"
+printf 'bench: %s, %s workers, wrk -t%s -c%s, median of %s x %s: /health %.0f req/s, /issue %.0f req/s, ratio %s\n' \
+  "$(date -u +%F)" "$WORKERS" "$THREADS" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$health" "$issue" "$ratio"
 [[ "$issued" == "$stored" ]] || { echo "bench: FAILED: $issued issued but $stored stored"; exit 1; }

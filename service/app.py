@@ -13,6 +13,7 @@ from sanic import Sanic
 from sanic.config import Config
 
 from batcher import Buffer, Writer
+from batcher import create_pool as create_writer_pool
 
 from . import store
 from .admin import admin
@@ -85,8 +86,9 @@ async def _start_worker(app: App, settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
         logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
     ctx.buffer = Buffer(settings.buffer_max_rows, on_change=ctx.board.publish)
+    ctx.writer_pool = await create_writer_pool(settings.database_url)
     ctx.writer = Writer(
-        ctx.pool,
+        ctx.writer_pool,
         ctx.buffer,
         flush_batch_rows=settings.flush_batch_rows,
         flush_interval_s=settings.flush_interval_s,
@@ -130,4 +132,5 @@ async def _stop_worker(app: App, settings: Settings) -> None:
     await ctx.writer.close(settings.graceful_timeout_s)
     ctx.board.release()
     await ctx.redis.aclose()
+    await ctx.writer_pool.close()
     await ctx.pool.close()

@@ -34,7 +34,7 @@ class Settings:
     issue_inflight_max: int = 4
     redis_timeout_ms: int = 500
     flush_batch_rows: int = 5000
-    flush_interval_ms: int = 50
+    flush_interval_ms: int = 100
     # Rows a worker may hold unwritten; past it issuing answers 503 (I5), never drops.
     buffer_max_rows: int = 200_000
     flush_retry_max_s: float = 5.0
@@ -64,7 +64,7 @@ class Settings:
             issue_inflight_max=env.integer("ISSUE_INFLIGHT_MAX", 4, 1, 64),
             redis_timeout_ms=env.integer("REDIS_TIMEOUT_MS", 500, 10, 60_000),
             flush_batch_rows=env.integer("FLUSH_BATCH_ROWS", 5000, 1, 1_000_000),
-            flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", 50, 1, 60_000),
+            flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", 100, 1, 60_000),
             buffer_max_rows=env.integer("BUFFER_MAX_ROWS", 200_000, 1, 100_000_000),
             flush_retry_max_s=env.number("FLUSH_RETRY_MAX_S", 5.0, 0.01, 600.0),
             sold_out_cache_ms=env.integer("SOLD_OUT_CACHE_MS", 1000, 0, 60_000),

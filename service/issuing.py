@@ -23,6 +23,7 @@ from .errors import (
     SoldOut,
     Unavailable,
 )
+from .timefmt import iso_us
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +81,22 @@ class Issuer:
         self._writer = writer
         self._directory = directory
         self._sold_out = sold_out
-        self.coalescer: Coalescer[tuple[int, int]] = Coalescer(
+        self.coalescer: Coalescer[tuple[int, str]] = Coalescer(
             self._decide, max_batch=max_batch, max_inflight=max_inflight
         )
 
-    async def issue(self, event_id: int, user_id: str) -> tuple[int, int]:
-        """Issue one coupon: returns (ordinal, issued_at_us) or raises the refusal."""
+    async def issue(self, event_id: int, user_id: str) -> tuple[int, str]:
+        """Issue one coupon: returns (ordinal, issued_at as ISO 8601) or raises the refusal."""
         if self._sold_out.is_set(event_id):
             raise SoldOut()
-        outcome, issued_at_us = await self.coalescer.submit(event_id, user_id)
+        outcome, issued_at = await self.coalescer.submit(event_id, user_id)
         if outcome > 0:
-            return outcome, issued_at_us
+            return outcome, issued_at
         if outcome == Outcome.MISSING:
             raise await self._missing(event_id)
         raise _REFUSALS[outcome]()
 
-    async def _decide(self, event_id: int, users: list[str]) -> list[tuple[int, int]]:
+    async def _decide(self, event_id: int, users: list[str]) -> list[tuple[int, str]]:
         # Room first: a full buffer answers 503 before Redis decides anything (I5).
         try:
             self._buffer.reserve(len(users))
@@ -122,7 +123,9 @@ class Issuer:
         self._writer.notify()
         if Outcome.SOLD_OUT in outcomes:
             self._sold_out.set(event_id)
-        return [(outcome, issued_at_us) for outcome in outcomes]
+        # One batch, one moment: its text is formatted once, not once per answer.
+        issued_at = iso_us(issued_at_us)
+        return [(outcome, issued_at) for outcome in outcomes]
 
     async def _missing(self, event_id: int) -> ServiceError:
         try:

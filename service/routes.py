@@ -23,11 +23,8 @@ public = Blueprint("public")
 async def issue(request: Request, event_id: str) -> HTTPResponse:
     event = validation.event_id(event_id)
     user = validation.issue_body(request.body)
-    ordinal, issued_at_us = await request.app.ctx.issuer.issue(event, user)
-    return json(
-        {"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": iso_us(issued_at_us)},
-        201,
-    )
+    ordinal, issued_at = await request.app.ctx.issuer.issue(event, user)
+    return json({"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": issued_at}, 201)
 
 
 @public.get("/events/<event_id:str>", name="event")

@@ -27,7 +27,11 @@ async def event_id(pg: asyncpg.Pool) -> int:
 async def writer_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     # A short lock_timeout turns a locked table into a failed flush within the test's time.
     pool = await asyncpg.create_pool(
-        database_url, min_size=1, max_size=2, server_settings={"lock_timeout": "200ms"}
+        database_url,
+        min_size=1,
+        max_size=2,
+        init=sink.prepare_connection,
+        server_settings={"lock_timeout": "200ms"},
     )
     yield pool
     await pool.close()
@@ -71,6 +75,7 @@ async def _stored_at_least(pg: asyncpg.Pool, event_id: int, count: int) -> bool:
 async def test_writing_the_same_issues_twice_is_harmless(pg: asyncpg.Pool, event_id: int) -> None:
     records = _records(event_id, 100)
     async with pg.acquire() as conn:
+        await sink.prepare_connection(conn)
         assert await sink.write(conn, records) == 100
         assert await sink.write(conn, records) == 0
         assert await sink.write(conn, records[:10] + _records(event_id, 5, start=101)) == 5
@@ -81,6 +86,7 @@ async def test_a_conflicting_issue_is_refused_and_logged(
     pg: asyncpg.Pool, event_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with pg.acquire() as conn:
+        await sink.prepare_connection(conn)
         await sink.write(conn, _records(event_id, 3))
         with caplog.at_level(logging.ERROR, logger="batcher.sink"):
             # The same user with another ordinal: I2 broken upstream, never stored twice.
@@ -125,6 +131,7 @@ async def test_close_drains_every_row(pg: asyncpg.Pool, writer_pool: asyncpg.Poo
 async def test_recovery_writes_only_what_postgres_lacks(pg: asyncpg.Pool, event_id: int) -> None:
     records = _records(event_id, 40)
     async with pg.acquire() as conn:
+        await sink.prepare_connection(conn)
         await sink.write(conn, records[:25])
 
     async def source() -> AsyncIterator[IssueRecord]:
