@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test lint bench loadtest loadtest-locust loadtest-spike setup db check clean
+.PHONY: run test lint bench stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -28,6 +28,14 @@ lint: setup
 
 bench: setup db
 	@bash loadtest/bench.sh
+
+# Rising open-model rates (STRESS_RATES) to find the highest held with p99 <= P99_MS.
+stress: setup db
+	@bash loadtest/stress.sh
+
+# 100,000 rows through the writer (FLUSH_BATCH_ROWS per flush), timed.
+bench-writer: setup db
+	$(BIN)/python loadtest/bench_writer.py
 
 # The original scenario (k6, 2,800 req/s for 60 s, 100,000 coupons); override with
 # RATE=, DURATION=, QUANTITY=, PRE_VUS=, MAX_VUS=, P99_MS=, WORKERS=.
