@@ -61,6 +61,17 @@ class EventReport:
         }
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    records: int  # Redis's records of the event
+    stored: int  # PostgreSQL's rows before the pass
+    written: int  # rows the pass added
+
+    @property
+    def consistent(self) -> bool:
+        return self.stored + self.written == self.records
+
+
 class Lifecycle:
     def __init__(
         self, pool: asyncpg.Pool, events: EventStore, board: WorkerBoard, settings: Settings
@@ -113,13 +124,23 @@ class Lifecycle:
             rows_buffered=self._board.buffered_rows(),
         )
 
-    async def reconcile(self, event_id: int, *, issued_before_us: int | None = None) -> int:
-        """Store what Redis recorded for the event (before a moment, if given) that PostgreSQL lacks."""
+    async def reconcile(
+        self, event_id: int, *, issued_before_us: int | None = None, settled_records: int | None = None
+    ) -> Reconciled:
+        """Store what Redis recorded for the event (before a moment, if given) that PostgreSQL lacks.
+
+        ``settled_records``: a count of Redis records at which the event was last seen
+        consistent; if Redis still holds exactly that many, nothing can be missing and
+        PostgreSQL is not asked.
+        """
         state = await self._events.state(event_id)
+        if state.records == 0 or state.records == settled_records:
+            return Reconciled(state.records, state.records, 0)
         # PostgreSQL only ever holds issues Redis decided, and a rebuild merges them back,
         # so while Redis holds the event equal counts mean equal sets.
-        if state.records == 0 or state.records == await store.issue_count(self._pool, event_id):
-            return 0
+        stored = await store.issue_count(self._pool, event_id)
+        if stored == state.records:
+            return Reconciled(state.records, stored, 0)
         written = await write_missing(
             self._pool, event_id, self._redis_records(event_id), older_than_us=issued_before_us
         )
@@ -127,7 +148,7 @@ class Lifecycle:
             logger.warning(
                 "reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id
             )
-        return written
+        return Reconciled(state.records, stored, written)
 
     async def _redis_records(self, event_id: int) -> AsyncIterator[IssueRecord]:
         async for user, ordinal, issued_at_us in self._events.records(event_id):

@@ -27,9 +27,20 @@ _LOCK_S = 10.0
 
 
 async def reconcile_all(
-    pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle, *, issued_before_us: int
+    pool: asyncpg.Pool,
+    events: EventStore,
+    lifecycle: Lifecycle,
+    *,
+    issued_before_us: int,
+    settled: dict[int, int] | None = None,
 ) -> int | None:
-    """Reconcile every live event; None if another worker holds the lock."""
+    """Reconcile every live event; None if another worker holds the lock.
+
+    ``settled`` remembers, per event, the Redis record count at which it was last found
+    consistent, so an event nobody issued from since costs one Redis read, not a count
+    over its rows in PostgreSQL.
+    """
+    settled = {} if settled is None else settled
     # A short lock, renewed per event: a worker killed while holding it blocks the
     # others for seconds, not minutes.
     lock = events.lock(RECONCILE_LOCK, _LOCK_S)
@@ -37,9 +48,19 @@ async def reconcile_all(
         return None
     try:
         written = 0
-        for event_id in await store.live_event_ids(pool):
-            written += await lifecycle.reconcile(event_id, issued_before_us=issued_before_us)
+        live = await store.live_event_ids(pool)
+        for event_id in live:
+            result = await lifecycle.reconcile(
+                event_id, issued_before_us=issued_before_us, settled_records=settled.get(event_id)
+            )
+            if result.consistent:
+                settled[event_id] = result.records
+            else:
+                settled.pop(event_id, None)
+            written += result.written
             await lock.reacquire()
+        for gone in set(settled) - set(live):
+            del settled[gone]
         return written
     finally:
         try:
@@ -62,6 +83,7 @@ async def run_periodically(
     # than a full interval later, so that first pass is not skipped.
     started = False
     started_at_us = _now_us()
+    settled: dict[int, int] = {}
     while True:
         try:
             written = await reconcile_all(
@@ -69,6 +91,7 @@ async def run_periodically(
                 events,
                 lifecycle,
                 issued_before_us=_now_us() - int(min_age_s * 1e6) if started else started_at_us,
+                settled=settled,
             )
         except (TimeoutError, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
