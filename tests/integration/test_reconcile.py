@@ -1,0 +1,66 @@
+"""The periodic reconcile pass, driven directly against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+from redis.asyncio import Redis
+
+from service.config import Settings
+from service.decision import EventStore
+from service.lifecycle import Lifecycle
+from service.reconcile import reconcile_all
+from service.store import EventRow
+from service.workers import WorkerBoard
+from tests.support.api import ADMIN_TOKEN
+
+
+async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> int:
+    event_id = await pg.fetchval(
+        "INSERT INTO events (name, quantity, starts_at, status)"
+        " VALUES ('reconcile', $1, now(), 'open') RETURNING id",
+        quantity,
+    )
+    row = EventRow(event_id, "reconcile", quantity, await pg.fetchval("SELECT now()"), None, "open", None)
+    await lifecycle._events.finish_sync(event_id, "open", lifecycle.times(row), 0)
+    return int(event_id)
+
+
+async def _rows(pg: asyncpg.Pool, event_id: int) -> int:
+    return int(await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id))
+
+
+async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
+    pg: asyncpg.Pool, redis: Redis
+) -> None:
+    events = EventStore(redis)
+    lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
+    event_id = await _open_event(pg, lifecycle, 100)
+    # Decided in Redis, never buffered anywhere: a worker that died before its flush.
+    await events.decide(event_id, [f"r{n}" for n in range(7)])
+    settled: dict[int, int] = {}
+    now_us = time.time_ns() // 1000 + 1_000_000
+
+    assert await reconcile_all(pg, events, lifecycle, issued_before_us=now_us, settled=settled) is not None
+    assert await _rows(pg, event_id) == 7 and settled[event_id] == 7
+    settled_pass = await lifecycle.reconcile(event_id, settled_records=7)
+    assert (settled_pass.records, settled_pass.written) == (7, 0)
+
+    await events.decide(event_id, ["r7", "r8"])  # Redis moved on: the event is looked at again
+    await reconcile_all(pg, events, lifecycle, issued_before_us=now_us, settled=settled)
+    assert await _rows(pg, event_id) == 9 and settled[event_id] == 9
+
+
+async def test_records_younger_than_the_bound_are_left_to_their_writer(
+    pg: asyncpg.Pool, redis: Redis
+) -> None:
+    events = EventStore(redis)
+    lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
+    event_id = await _open_event(pg, lifecycle, 100)
+    await events.decide(event_id, ["young"])
+    settled: dict[int, int] = {}
+    long_ago_us = time.time_ns() // 1000 - 60_000_000
+
+    await reconcile_all(pg, events, lifecycle, issued_before_us=long_ago_us, settled=settled)
+    assert await _rows(pg, event_id) == 0 and event_id not in settled
