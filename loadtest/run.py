@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             verify(event_id, asked=result["requests"], database_url=database_url, redis_url=redis_url)
         )
         issued_at, last_stored = asyncio.run(stored_facts(database_url, event_id))
+        # Verified: close the event so it stops costing Redis memory and reconcile passes.
+        service.admin("POST", f"/admin/events/{event_id}/close")
     finally:
         service.stop()
 
