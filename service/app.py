@@ -17,6 +17,7 @@ from batcher import create_pool as create_writer_pool
 
 from . import store
 from .admin import admin
+from .breaker import CircuitBreaker
 from .config import Settings
 from .decision import EventStore, connect
 from .directory import EventDirectory
@@ -106,6 +107,9 @@ async def _start_worker(app: App, settings: Settings) -> None:
         ctx.writer,
         ctx.directory,
         SoldOutFlags(settings.sold_out_cache_s, lambda: ctx.board.epoch),
+        CircuitBreaker(
+            failures_to_open=settings.redis_breaker_failures, open_s=settings.redis_breaker_open_ms / 1000
+        ),
         max_batch=settings.issue_batch_max,
         max_inflight=settings.issue_inflight_max,
     )

@@ -33,6 +33,9 @@ class Settings:
     # Lua calls in flight per worker; more requests wait and join the next batch.
     issue_inflight_max: int = 4
     redis_timeout_ms: int = 500
+    # Consecutive failed decisions that open the circuit, and how long it stays open.
+    redis_breaker_failures: int = 3
+    redis_breaker_open_ms: int = 500
     flush_batch_rows: int = 5000
     flush_interval_ms: int = 100
     # Rows a worker may hold unwritten; past it issuing answers 503 (I5), never drops.
@@ -63,6 +66,8 @@ class Settings:
             issue_batch_max=env.integer("ISSUE_BATCH_MAX", 512, 1, 10_000),
             issue_inflight_max=env.integer("ISSUE_INFLIGHT_MAX", 4, 1, 64),
             redis_timeout_ms=env.integer("REDIS_TIMEOUT_MS", 500, 10, 60_000),
+            redis_breaker_failures=env.integer("REDIS_BREAKER_FAILURES", 3, 1, 1000),
+            redis_breaker_open_ms=env.integer("REDIS_BREAKER_OPEN_MS", 500, 10, 600_000),
             flush_batch_rows=env.integer("FLUSH_BATCH_ROWS", 5000, 1, 1_000_000),
             flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", 100, 1, 60_000),
             buffer_max_rows=env.integer("BUFFER_MAX_ROWS", 200_000, 1, 100_000_000),

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -58,6 +60,9 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     # when thousands of requests are in flight; the wait and every command are bounded (I5).
     pool = BlockingConnectionPool.from_url(
         url,
+        # No retries: a retried decision whose first attempt did run would answer its
+        # users 409, and a down Redis must cost a fast 503 (I5), not attempts and backoff.
+        retry=Retry(NoBackoff(), 0),
         max_connections=max_connections,
         timeout=timeout_s,
         socket_timeout=timeout_s,

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from batcher import Buffer, BufferFull, IssueRecord, Writer
 
+from .breaker import CircuitBreaker
 from .coalescer import Coalescer
 from .decision import EventStore, Outcome
 from .directory import EventDirectory
@@ -72,6 +73,7 @@ class Issuer:
         writer: Writer,
         directory: EventDirectory,
         sold_out: SoldOutFlags,
+        breaker: CircuitBreaker,
         *,
         max_batch: int,
         max_inflight: int,
@@ -81,6 +83,7 @@ class Issuer:
         self._writer = writer
         self._directory = directory
         self._sold_out = sold_out
+        self.breaker = breaker
         self.coalescer: Coalescer[tuple[int, str]] = Coalescer(
             self._decide, max_batch=max_batch, max_inflight=max_inflight
         )

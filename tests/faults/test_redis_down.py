@@ -1,0 +1,131 @@
+"""Redis killed under load: fast 503s, nothing issued, then back empty (sync) or with its data (AOF)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.api import Api, Reply, burst
+from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServiceProcess
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def start(*, aof: bool) -> RedisServer:
+        server = RedisServer(tmp_path, aof=aof).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+async def client_of() -> AsyncIterator[Callable[[RedisServer], Redis]]:
+    clients: list[Redis] = []
+
+    def make(server: RedisServer) -> Redis:
+        client = Redis.from_url(server.url, decode_responses=True)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.0) -> Reply:
+    """The first answer that is not 503: each worker's breaker probes Redis after its pause."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await api.issue(event_id, user)
+        if reply.status != 503:
+            return reply
+        assert reply.code == "unavailable", reply
+        assert time.monotonic() < deadline, "issuing did not resume"
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_killed_mid_load_answers_503_fast_and_sync_rebuilds_it_empty(
+    private_redis: Callable[..., RedisServer],
+    client_of: Callable[[RedisServer], Redis],
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Pool,
+) -> None:
+    server = private_redis(aof=False)
+    service = start_service(REDIS_URL=server.url, REDIS_BREAKER_OPEN_MS="200")
+    api = Api(service.url, http)
+    event_id = await api.open_event(500)
+    served = await burst(api, event_id, [f"pre{n}" for n in range(40)])
+    assert all(reply.status == 201 for reply in served)
+    await wait_stored(pg, client_of(server), event_id)
+
+    # Kill Redis while a burst is in flight: every answer is a 201 or a 503, never a 5xx else.
+    during, _ = await asyncio.gather(
+        burst(api, event_id, [f"mid{n}" for n in range(300)]), asyncio.to_thread(server.kill)
+    )
+    assert set(Counter(reply.status for reply in during)) <= {201, 503}
+
+    # Down: each answer is a 503 within 100 ms, and /ready says so.
+    for n in range(30):
+        started = time.monotonic()
+        reply = await api.issue(event_id, f"down{n}")
+        assert (reply.status, reply.code) == (503, "unavailable")
+        assert time.monotonic() - started < 0.1
+    ready = await api.request("GET", "/ready")
+    assert ready.status == 503 and ready.body["checks"]["redis"] is False
+    issued_201 = sum(reply.status == 201 for reply in served + during)
+    await asyncio.sleep(0.5)  # the writer stores what was answered 201 before the kill
+    stored = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
+    assert stored == issued_201
+
+    # Back, empty (no AOF): refusals until an operator syncs, never "full stock".
+    server.start()
+    reply = await api.issue(event_id, "pre0")
+    assert (reply.status, reply.code) == (503, "unavailable")
+    synced = await api.sync(event_id)
+    assert synced.status == 200 and synced.body["issued_redis"] == issued_201
+    assert (await _answered(api, event_id, "pre0")).code == "already_issued"
+    assert (await _answered(api, event_id, "after")).body["ordinal"] == issued_201 + 1
+    await wait_stored(pg, client_of(server), event_id)
+    await assert_invariants(pg, event_id, 500, redis=client_of(server))
+    assert (await api.request("GET", "/ready")).status == 200
+
+
+async def test_redis_back_with_its_data_resumes_without_a_sync(
+    private_redis: Callable[..., RedisServer],
+    client_of: Callable[[RedisServer], Redis],
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Pool,
+) -> None:
+    server = private_redis(aof=True)
+    service = start_service(REDIS_URL=server.url, REDIS_BREAKER_OPEN_MS="200")
+    api = Api(service.url, http)
+    event_id = await api.open_event(100)
+    served = await burst(api, event_id, [f"a{n}" for n in range(25)])
+    assert all(reply.status == 201 for reply in served)
+
+    server.kill()
+    assert (await api.issue(event_id, "while-down")).code == "unavailable"
+    server.start()  # the same folder: the append-only file brings the event back
+
+    assert (await _answered(api, event_id, "after")).body["ordinal"] == 26
+    for _ in range(4):  # both workers, whichever answers
+        assert (await _answered(api, event_id, "a0")).code == "already_issued"
+    await wait_stored(pg, client_of(server), event_id)
+    await assert_invariants(pg, event_id, 100, redis=client_of(server))
