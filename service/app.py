@@ -26,7 +26,7 @@ from .issuing import Issuer, SoldOutFlags
 from .lifecycle import Lifecycle
 from .reconcile import run_periodically
 from .routes import public
-from .workers import WorkerBoard, shared_objects
+from .workers import WorkerBoard, replace_failed_siblings, shared_objects
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,12 @@ async def _start_worker(app: App, settings: Settings) -> None:
         max_inflight=settings.issue_inflight_max,
     )
     ctx.lifecycle = Lifecycle(ctx.pool, ctx.events, ctx.board, settings)
+    multiplexer = getattr(app, "multiplexer", None)
+    ctx.supervisor = (
+        asyncio.get_running_loop().create_task(replace_failed_siblings(multiplexer), name="supervise")
+        if multiplexer is not None
+        else None
+    )
     ctx.reconciler = asyncio.get_running_loop().create_task(
         run_periodically(
             ctx.pool,
@@ -129,9 +135,11 @@ async def _start_worker(app: App, settings: Settings) -> None:
 async def _stop_worker(app: App, settings: Settings) -> None:
     """After in-flight requests are answered: store every buffered row, then close."""
     ctx = app.ctx
-    ctx.reconciler.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await ctx.reconciler
+    for task in (ctx.reconciler, ctx.supervisor):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await ctx.issuer.coalescer.close()
     await ctx.writer.close(settings.graceful_timeout_s)
     ctx.board.release()

@@ -9,11 +9,14 @@ worker-local caches (sold-out flags, the event directory) at once on every worke
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MAX_SLOTS = 256
 _PID, _ACCEPTED, _STORED = 0, 1, 2
@@ -129,3 +132,33 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+async def replace_failed_siblings(multiplexer: Any, *, interval_s: float = 1.0) -> None:
+    """Ask Sanic's manager to restart a server worker that died (kill -9, OOM).
+
+    The manager marks such a worker FAILED but does not start another (Sanic 25.12), so the
+    host would serve on fewer workers until restarted. One worker speaks for all: the
+    lowest-named live one, so a death is reported once. The replacement's start-up
+    reconcile writes what the dead worker had buffered (DESIGN.md, "Reconcile").
+    """
+    requested: dict[str, int | None] = {}
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            workers = {
+                name: info
+                for name, info in multiplexer.workers.items()
+                if isinstance(info, dict) and info.get("server")
+            }
+        except (OSError, EOFError):  # the main process is shutting down
+            return
+        live = sorted(name for name, info in workers.items() if info.get("state") != "FAILED")
+        if not live or live[0] != multiplexer.name:
+            continue
+        for name, info in workers.items():
+            pid = info.get("pid")
+            if info.get("state") == "FAILED" and requested.get(name) != pid:
+                logger.warning("worker %s (pid %s) died; asking the manager for a replacement", name, pid)
+                multiplexer.restart(name)
+                requested[name] = pid

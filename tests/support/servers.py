@@ -62,7 +62,7 @@ class ServiceProcess:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [child.pid for child in children if "spawn_main" in " ".join(_name(child))]
+        return [child.pid for child in children if _worker_name(child).startswith("Sanic-Server")]
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 90.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -70,6 +70,12 @@ class ServiceProcess:
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # A second SIGTERM makes Sanic's manager kill what is left (docs/reliability.md).
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
         except subprocess.TimeoutExpired:
             for child in psutil.Process(self.proc.pid).children(recursive=True):
                 child.kill()
@@ -84,8 +90,9 @@ class ServiceProcess:
             return ""
 
 
-def _name(process: psutil.Process) -> list[str]:
+def _worker_name(process: psutil.Process) -> str:
+    """Sanic names its server workers in their environment; its manager process has none."""
     try:
-        return [process.name(), *process.cmdline()]
+        return str(process.environ().get("SANIC_WORKER_NAME", ""))
     except psutil.Error:
-        return []
+        return ""
