@@ -1,0 +1,110 @@
+"""A property test of the decision scripts against a small model of the rules, on real Redis.
+
+Random interleavings of issue batches, close, reopen, sync and Redis losing the event's
+state. The model plays PostgreSQL too: it keeps every issue ever decided, which is what
+a rebuild reads back. After every step Redis must agree with the model exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from service.decision import EventStore, EventTimes, Outcome
+from service.keys import event_keys
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_event_ids = itertools.count(7_000_000_000 + os.getpid() * 100_000)
+USERS = [f"u{n}" for n in range(12)]
+
+operation = st.one_of(
+    st.tuples(st.just("issue"), st.lists(st.sampled_from(USERS), min_size=1, max_size=8)),
+    st.tuples(st.just("close"), st.none()),
+    st.tuples(st.just("reopen"), st.none()),
+    st.tuples(st.just("sync"), st.none()),
+    st.tuples(st.just("lose"), st.none()),
+)
+
+
+@dataclass
+class Model:
+    quantity: int
+    status: str = "open"  # open | closed | lost (Redis has no state)
+    issued: dict[str, int] = field(default_factory=dict)  # every issue ever decided ("PostgreSQL")
+
+    def decide(self, users: list[str]) -> list[int]:
+        if self.status != "open":
+            return [Outcome.MISSING] * len(users)
+        outcomes = []
+        for user in users:
+            if user in self.issued:
+                outcomes.append(Outcome.ALREADY_ISSUED)
+            elif len(self.issued) >= self.quantity:
+                outcomes.append(Outcome.SOLD_OUT)
+            else:
+                self.issued[user] = len(self.issued) + 1
+                outcomes.append(self.issued[user])
+        return outcomes
+
+
+async def _rebuild(events: EventStore, event_id: int, model: Model, times: EventTimes) -> None:
+    """What open and sync do to Redis: hold, merge what PostgreSQL holds, finish."""
+    await events.hold(event_id, "syncing", times)
+    records = [(user, ordinal, 0) for user, ordinal in model.issued.items()]
+    await events.merge_records(event_id, records)
+    await events.finish_sync(event_id, "open", times, max((o for _, o, _ in records), default=0))
+
+
+async def _run(quantity: int, steps: list[tuple[str, list[str] | None]]) -> None:
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    events = EventStore(redis)
+    event_id = next(_event_ids)
+    seconds, micros = await redis.time()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    times = EventTimes(quantity, now_us - 1_000_000, 0, now_us // 1000 + 600_000)
+    model = Model(quantity)
+    keys = event_keys(event_id)
+    try:
+        await events.finish_sync(event_id, "open", times, 0)
+        for name, users in steps:
+            if name == "issue":
+                assert users is not None
+                reply = await events.decide(event_id, users)
+                assert reply[1:] == model.decide(users), (name, users, model)
+            elif name == "close":
+                await events.hold(event_id, "closed", times)
+                assert (await events.decide(event_id, ["probe"]))[1:] == [Outcome.CLOSED]
+                await events.delete(event_id)
+                model.status = "closed"
+            elif name in ("reopen", "sync"):
+                if name == "sync" and model.status == "closed":
+                    continue  # sync of a closed event only re-closes it
+                await _rebuild(events, event_id, model, times)
+                model.status = "open"
+            elif name == "lose":
+                await redis.delete(keys.meta, keys.seq, keys.users)
+                model.status = "lost"
+            if model.status == "open":
+                records = await redis.hgetall(keys.users)
+                assert {u: int(v.split(":")[0]) for u, v in records.items()} == model.issued
+                assert int(await redis.get(keys.seq) or 0) == len(model.issued) <= quantity
+            else:
+                assert await redis.exists(keys.seq, keys.users) == 0
+        assert sorted(model.issued.values()) == list(range(1, len(model.issued) + 1))
+    finally:
+        await redis.delete(keys.meta, keys.seq, keys.users)
+        await redis.aclose()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(quantity=st.integers(min_value=1, max_value=8), steps=st.lists(operation, max_size=25))
+def test_the_scripts_follow_the_rules_over_any_interleaving(
+    quantity: int, steps: list[tuple[str, list[str] | None]]
+) -> None:
+    asyncio.run(_run(quantity, steps))
