@@ -17,6 +17,7 @@ from batcher import create_pool as create_writer_pool
 
 from . import store
 from .admin import admin
+from .auth import TokenVerifier
 from .breaker import CircuitBreaker
 from .config import Settings
 from .decision import EventStore, connect
@@ -47,6 +48,11 @@ def create_app(settings: Settings) -> App:
         FALLBACK_ERROR_FORMAT="json",
     )
     app.ctx.settings = settings
+    app.ctx.verifier = (
+        TokenVerifier(secret=settings.auth_jwt_secret, public_key=settings.auth_jwt_public_key)
+        if settings.auth_jwt_secret or settings.auth_jwt_public_key
+        else None
+    )
     app.blueprint(public)
     app.blueprint(admin)
     app.error_handler.add(Exception, handle)

@@ -52,6 +52,8 @@ class Settings:
     graceful_timeout_s: float = 60.0
     request_max_bytes: int = 16_384
     log_level: str = "INFO"
+    auth_jwt_secret: str | None = None
+    auth_jwt_public_key: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +83,8 @@ class Settings:
             graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", 60.0, 0.0, 3600.0),
             request_max_bytes=env.integer("REQUEST_MAX_BYTES", 16_384, 256, 10_000_000),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            auth_jwt_secret=env.secret("AUTH_JWT_SECRET"),
+            auth_jwt_public_key=env.public_key("AUTH_JWT_PUBLIC_KEY"),
         )
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class Settings:
             raise ConfigError("FLUSH_BATCH_ROWS", "must not exceed BUFFER_MAX_ROWS")
         if self.issue_batch_max > self.buffer_max_rows:
             raise ConfigError("ISSUE_BATCH_MAX", "must not exceed BUFFER_MAX_ROWS")
+        if self.auth_jwt_secret and self.auth_jwt_public_key:
+            raise ConfigError("AUTH_JWT_SECRET", "set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY, not both")
 
     def __repr__(self) -> str:
         # The admin token never reaches a log line, even through a repr.
@@ -162,6 +168,33 @@ class _Env:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
             raise ConfigError(name, "has a malformed port") from None
+        return raw
+
+    def secret(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and len(raw) < 32:
+            raise ConfigError(name, "must be at least 32 characters (an HS256 key)")
+        return raw
+
+    def public_key(self, name: str) -> str | None:
+        """A PEM public key, given inline or as the path of a file holding it."""
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        if not raw.startswith("-----BEGIN"):
+            try:
+                with open(raw, encoding="ascii") as pem:
+                    raw = pem.read().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    name, f"is neither a PEM key nor a readable file ({exc.strerror})"
+                ) from None
+        try:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            load_pem_public_key(raw.encode())
+        except ValueError:
+            raise ConfigError(name, "is not a PEM public key") from None
         return raw
 
     def admin_token(self, name: str) -> str:

@@ -24,6 +24,14 @@ class Unauthorized(ServiceError):
     status, code, message = 401, "unauthorized", "a valid admin bearer token is required"
 
 
+class InvalidToken(ServiceError):
+    status, code, message = 401, "unauthorized", "a valid bearer token is required"
+
+
+class UserMismatch(ServiceError):
+    status, code, message = 403, "user_mismatch", "user_id differs from the authenticated user"
+
+
 class NotStarted(ServiceError):
     status, code, message = 403, "not_started", "the event has not started"
 

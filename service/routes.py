@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request
 
 from . import store, validation
+from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
 from .http import json
 from .timefmt import iso, iso_us, now_utc, to_us
@@ -21,9 +22,14 @@ public = Blueprint("public")
 
 @public.post("/events/<event_id:str>/issue", name="issue")
 async def issue(request: Request, event_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
     event = validation.event_id(event_id)
-    user = validation.issue_body(request.body)
-    ordinal, issued_at = await request.app.ctx.issuer.issue(event, user)
+    if ctx.verifier is None:
+        user = validation.issue_body(request.body)
+    else:
+        body_user = validation.issue_body_optional(request.body)
+        user = issuing_user(ctx.verifier, request.headers.get("authorization"), body_user)
+    ordinal, issued_at = await ctx.issuer.issue(event, user)
     return json({"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": issued_at}, 201)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
 from service.keys import event_keys
 from tests.support.api import Api
 from tests.support.invariants import wait_stored
+from tests.support.servers import ServiceProcess
 
 
 def _at(seconds: float) -> str:
@@ -185,3 +188,27 @@ async def test_event_whose_redis_state_is_lost_answers_503_until_sync(api: Api, 
     reply = await api.issue(event_id, 2)
     assert (reply.status, reply.code) == (503, "unavailable")
     assert (await api.request("GET", f"/events/{event_id}")).body["status"] == "unavailable"
+
+
+async def test_with_user_authentication_the_token_says_who_asks(
+    start_service: Callable[..., ServiceProcess], http: aiohttp.ClientSession
+) -> None:
+    import jwt
+
+    secret = "test-jwt-secret-of-at-least-32-chars"
+    api = Api(start_service(AUTH_JWT_SECRET=secret, WORKERS="1").url, http)
+    event_id = await api.open_event(5)
+
+    def bearer(sub: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {jwt.encode({'sub': sub}, secret, algorithm='HS256')}"}
+
+    path = f"/events/{event_id}/issue"
+    reply = await api.request("POST", path, {}, headers=bearer("alice"))
+    assert reply.status == 201 and reply.body["user_id"] == "alice"
+    reply = await api.request("POST", path, {"user_id": "bob"}, headers=bearer("carol"))
+    assert (reply.status, reply.code) == (403, "user_mismatch")
+    reply = await api.request("POST", path, {"user_id": "dave"})
+    assert (reply.status, reply.code) == (401, "unauthorized")
+    reply = await api.request("POST", path, {"user_id": "alice"}, headers=bearer("alice"))
+    assert (reply.status, reply.code) == (409, "already_issued")
+    assert (await api.stats(event_id)).body["issued_redis"] == 1
