@@ -46,7 +46,10 @@ def handle(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, SanicNotFound):
         return error(NotFound())
     if isinstance(exc, SanicMethodNotAllowed):
-        return error(MethodNotAllowed())
+        response = error(MethodNotAllowed())
+        # RFC 9110: a 405 lists the methods the route does allow.
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods or ()))
+        return response
     if isinstance(exc, SanicPayloadTooLarge):
         return error(PayloadTooLarge())
     if isinstance(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from importlib import resources
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -93,6 +94,15 @@ async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPRespo
             raise IssueNotFound()
         ordinal, issued_at = row["ordinal"], iso(row["issued_at"])
     return json({"event_id": event, "user_id": user, "ordinal": ordinal, "issued_at": issued_at})
+
+
+_OPENAPI = resources.files("service").joinpath("openapi.json").read_bytes()
+
+
+@public.get("/openapi.json", name="openapi")
+async def openapi(request: Request) -> HTTPResponse:
+    """The API contract (OpenAPI 3.0), kept beside the code and checked by schemathesis."""
+    return HTTPResponse(_OPENAPI, content_type="application/json")
 
 
 @public.get("/health", name="health")

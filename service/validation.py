@@ -11,7 +11,8 @@ import orjson
 
 from .errors import EventNotFound, InvalidRequest
 
-MAX_EVENT_ID = 2**63 - 1
+MAX_INT64 = 2**63 - 1
+MAX_EVENT_ID = MAX_INT64
 MAX_QUANTITY = 1_000_000_000
 MAX_NAME_CHARS = 200
 MAX_COUPON_BYTES = 4096
@@ -34,12 +35,9 @@ def event_id(raw: str) -> int:
 def user_id(value: object) -> str:
     """A user id as stored: a positive integer's decimal text, or a 1-64 char token."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise InvalidRequest("user_id must be a positive integer or a 1-64 character string")
-        text = str(value)
-        if len(text) > 64:
-            raise InvalidRequest("user_id is too long")
-        return text
+        if not 0 < value <= MAX_INT64:
+            raise InvalidRequest("an integer user_id must be from 1 to 2^63-1")
+        return str(value)
     if isinstance(value, str) and _USER_ID.fullmatch(value):
         return value
     raise InvalidRequest("user_id must be a positive integer or 1-64 characters of [A-Za-z0-9._:-]")

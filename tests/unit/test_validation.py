@@ -19,7 +19,7 @@ def test_valid_user_ids(value: object, stored: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [0, -1, True, False, 1.0, None, "", "x" * 65, "a b", "é", "a\x00", "a/b", [], {}]
+    "value", [0, -1, 2**63, True, False, 1.0, None, "", "x" * 65, "a b", "é", "a\x00", "a/b", [], {}]
 )
 def test_invalid_user_ids(value: object) -> None:
     with pytest.raises(InvalidRequest):
