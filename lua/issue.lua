@@ -2,22 +2,29 @@
 -- KEYS[1] meta:  hash status, quantity, starts_at (µs), ends_at (µs, 0 = open-ended), expire_at (ms)
 -- KEYS[2] seq:   the last ordinal handed out
 -- KEYS[3] users: hash user id -> "ordinal:issued_at_us"
--- ARGV[1..n]     the user ids
+-- ARGV[1]        deadline (µs since the epoch, 0 = none): past it the caller has given up
+-- ARGV[2..n+1]   the user ids
 -- Returns {now_us, outcome_1, ..., outcome_n}: an outcome > 0 is the user's new ordinal,
 -- otherwise one of the codes below (service/decision.py names them too).
 local meta_key, seq_key, users_key = KEYS[1], KEYS[2], KEYS[3]
-local ALREADY_ISSUED, SOLD_OUT, NOT_STARTED, ENDED, CLOSED, MISSING, SYNCING = -1, -2, -3, -4, -5, -6, -7
+local deadline_us = tonumber(ARGV[1])
+local ALREADY_ISSUED, SOLD_OUT, NOT_STARTED, ENDED, CLOSED, MISSING, SYNCING, EXPIRED =
+  -1, -2, -3, -4, -5, -6, -7, -8
 
 local time = redis.call('TIME')
 local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local issued_at = time[1] .. string.format('%06d', tonumber(time[2]))
-local n = #ARGV
+local n = #ARGV - 1
 local out = {now_us}
 
 local function all(code)
   for i = 1, n do out[i + 1] = code end
   return out
 end
+
+-- A batch run after its caller gave up (Redis stalled with it queued) must not issue:
+-- its users were already answered 503 (I5).
+if deadline_us > 0 and now_us > deadline_us then return all(EXPIRED) end
 
 local meta = redis.call('HMGET', meta_key, 'status', 'quantity', 'starts_at', 'ends_at', 'expire_at')
 local status = meta[1]
@@ -35,7 +42,7 @@ local quantity = tonumber(meta[2])
 local seq = tonumber(redis.call('GET', seq_key) or '0')
 local first = seq
 for i = 1, n do
-  local user = ARGV[i]
+  local user = ARGV[i + 1]
   -- Duplicate before stock, as the original: a served user hears 409 even when sold out.
   if redis.call('HEXISTS', users_key, user) == 1 then
     out[i + 1] = ALREADY_ISSUED

@@ -118,6 +118,8 @@ async def _start_worker(app: App, settings: Settings) -> None:
         ),
         max_batch=settings.issue_batch_max,
         max_inflight=settings.issue_inflight_max,
+        # Less a clock-skew allowance between this host and Redis's (a tenth, ≤ 50 ms).
+        decide_within_s=settings.redis_timeout_s - min(0.05, settings.redis_timeout_s / 10),
     )
     ctx.lifecycle = Lifecycle(ctx.pool, ctx.events, ctx.board, settings)
     multiplexer = getattr(app, "multiplexer", None)

@@ -30,6 +30,7 @@ class Outcome(enum.IntEnum):
     CLOSED = -5
     MISSING = -6
     SYNCING = -7
+    EXPIRED = -8  # Redis ran the batch after its deadline: the caller had given up
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +98,16 @@ class EventStore:
             # source and caches it again, so this answer cannot hit a second flush.
             return await self.redis.eval(str(script.script), len(keys), *keys, *args)
 
-    async def decide(self, event_id: int, users: Sequence[str]) -> list[int]:
-        """One atomic decision for a batch: [now_us, outcome per user]."""
+    async def decide(self, event_id: int, users: Sequence[str], deadline_us: int = 0) -> list[int]:
+        """One atomic decision for a batch: [now_us, outcome per user].
+
+        ``deadline_us`` (wall clock, µs): if Redis only gets to the batch after it, it issues
+        nothing (every outcome EXPIRED), so a batch its caller gave up on cannot issue later.
+        """
         keys = event_keys(event_id)
-        return await self._run(self._issue, [keys.meta, keys.seq, keys.users], users)  # type: ignore[no-any-return]
+        return await self._run(  # type: ignore[no-any-return]
+            self._issue, [keys.meta, keys.seq, keys.users], [deadline_us, *users]
+        )
 
     async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
         keys = event_keys(event_id)

@@ -35,6 +35,7 @@ _REFUSALS: dict[int, type[ServiceError]] = {
     Outcome.ENDED: Ended,
     Outcome.CLOSED: Closed,
     Outcome.SYNCING: Unavailable,
+    Outcome.EXPIRED: Unavailable,
 }
 
 
@@ -77,6 +78,7 @@ class Issuer:
         *,
         max_batch: int,
         max_inflight: int,
+        decide_within_s: float,
     ) -> None:
         self._events = events
         self._buffer = buffer
@@ -84,6 +86,7 @@ class Issuer:
         self._directory = directory
         self._sold_out = sold_out
         self.breaker = breaker
+        self._decide_within_us = int(decide_within_s * 1_000_000)
         self.coalescer: Coalescer[tuple[int, str]] = Coalescer(
             self._decide, max_batch=max_batch, max_inflight=max_inflight
         )
@@ -106,7 +109,11 @@ class Issuer:
         except BufferFull:
             raise Unavailable("too many issues are waiting to be stored; retry shortly") from None
         try:
-            reply = await self._events.decide(event_id, users)
+            # The client's own timeout starts only once the batch is sent (after this line,
+            # and after any event-loop lag), so Redis reaching the batch later than this
+            # deadline means the caller has given up: it must issue nothing.
+            deadline_us = time.time_ns() // 1000 + self._decide_within_us
+            reply = await self._events.decide(event_id, users, deadline_us)
         except (TimeoutError, RedisError, OSError) as exc:
             self._buffer.release(len(users))
             logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)

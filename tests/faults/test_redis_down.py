@@ -129,3 +129,41 @@ async def test_redis_back_with_its_data_resumes_without_a_sync(
         assert (await _answered(api, event_id, "a0")).code == "already_issued"
     await wait_stored(pg, client_of(server), event_id)
     await assert_invariants(pg, event_id, 100, redis=client_of(server))
+
+
+async def test_a_hung_redis_costs_fast_503s_and_the_batches_it_held_issue_nothing(
+    private_redis: Callable[..., RedisServer],
+    client_of: Callable[[RedisServer], Redis],
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Pool,
+) -> None:
+    server = private_redis(aof=False)
+    service = start_service(REDIS_URL=server.url, REDIS_TIMEOUT_MS="100", REDIS_BREAKER_OPEN_MS="200")
+    api = Api(service.url, http)
+    event_id = await api.open_event(1000)
+    served = await burst(api, event_id, [f"h{n}" for n in range(20)])
+    assert all(reply.status == 201 for reply in served)
+
+    server.pause()  # connections still open, commands queue in Redis's socket buffers
+    try:
+        stalled = await burst(api, event_id, [f"stalled{n}" for n in range(200)])
+        assert {reply.status for reply in stalled} == {503}
+        slowest = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            reply = await api.issue(event_id, f"hung{n}")
+            slowest = max(slowest, time.monotonic() - started)
+            assert (reply.status, reply.code) == (503, "unavailable")
+        # Bounded by REDIS_TIMEOUT_MS while the breaker learns, then immediate.
+        assert slowest < 0.3, slowest
+    finally:
+        server.resume()
+
+    # Redis now runs what it had queued: those batches are past their deadline and
+    # issue nothing, so no user answered 503 holds a coupon.
+    await _answered(api, event_id, "resumed")
+    redis = client_of(server)
+    await wait_stored(pg, redis, event_id)
+    rows = await assert_invariants(pg, event_id, 1000, redis=redis)
+    assert {row["user_id"] for row in rows} == {f"h{n}" for n in range(20)} | {"resumed"}

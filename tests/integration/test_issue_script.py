@@ -98,3 +98,12 @@ async def test_noscript_is_recovered_by_reloading(events: EventStore) -> None:
     await events.redis.script_flush()
     assert (await events.decide(event_id, ["a"]))[1:] == [1]
     assert (await events.hold(event_id, "syncing", EventTimes(5, 0, 0, 0))) == "open"
+
+
+async def test_a_batch_reached_after_its_deadline_issues_nothing(events: EventStore) -> None:
+    event_id = await _event(events, 5)
+    past_us = await _now_us(events.redis) - 1_000
+    assert (await events.decide(event_id, ["late", "later"], past_us))[1:] == [Outcome.EXPIRED] * 2
+    assert not await events.redis.exists(event_keys(event_id).users)
+    future_us = await _now_us(events.redis) + 5_000_000
+    assert (await events.decide(event_id, ["late"], future_us))[1:] == [1]
