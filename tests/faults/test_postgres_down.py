@@ -23,6 +23,18 @@ OUTAGE_S = float(os.environ.get("PG_OUTAGE_S", "30"))
 
 
 @pytest.fixture
+async def own_redis(redis_url: str) -> AsyncIterator[tuple[str, Redis]]:
+    """A Redis db of its own: the private PostgreSQL numbers its events from 1 again, and
+    event keys are named by id, so sharing the session's db would mix two events 1."""
+    url = redis_url.rsplit("/", 1)[0] + "/13"
+    client = Redis.from_url(url, decode_responses=True)
+    await client.flushdb()
+    yield url, client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
 async def private_postgres() -> AsyncIterator[tuple[PostgresServer, asyncpg.Pool]]:
     server = PostgresServer().start()
     url = server.url("coupons")
@@ -53,15 +65,17 @@ async def _steady_load(api: Api, event_id: int, prefix: str, seconds: float, rat
 
 async def test_postgres_down_under_load_loses_nothing_and_a_full_buffer_answers_503(
     private_postgres: tuple[PostgresServer, asyncpg.Pool],
+    own_redis: tuple[str, Redis],
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
-    redis: Redis,
 ) -> None:
     server, pg = private_postgres
+    redis_url, redis = own_redis
     # One worker (so no guess at how connections spread), 4,000 rows of buffer: 30 s at
     # 100/s fits; the flood after it does not.
     service = start_service(
         DATABASE_URL=server.url("coupons"),
+        REDIS_URL=redis_url,
         BUFFER_MAX_ROWS="4000",
         FLUSH_BATCH_ROWS="1000",
         FLUSH_RETRY_MAX_S="1",
