@@ -102,11 +102,6 @@ async def issue(pool: asyncpg.Pool, event_id: int, user_id: str) -> asyncpg.Reco
     )
 
 
-async def issued_users(pool: asyncpg.Pool, event_id: int) -> set[str]:
-    rows = await pool.fetch("SELECT user_id FROM coupon_issues WHERE event_id = $1", event_id)
-    return {row["user_id"] for row in rows}
-
-
 async def issue_records(pool: asyncpg.Pool, event_id: int) -> Sequence[asyncpg.Record]:
     return await pool.fetch(  # type: ignore[no-any-return]
         "SELECT user_id, ordinal, issued_at FROM coupon_issues WHERE event_id = $1 ORDER BY ordinal",
