@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jwt
 
-from .errors import InvalidToken, UserMismatch
+from .errors import InvalidRequest, InvalidToken, UserMismatch
 from .validation import user_id as valid_user_id
 
 
@@ -35,7 +35,7 @@ class TokenVerifier:
             raise InvalidToken() from None
         try:
             return valid_user_id(claims["sub"])
-        except Exception:  # noqa: BLE001 - any malformed subject is an invalid token
+        except InvalidRequest:  # a subject that is no valid user id makes the token invalid
             raise InvalidToken() from None
 
 

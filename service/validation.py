@@ -102,7 +102,8 @@ def event_spec(body: bytes, now: datetime) -> EventSpec:
     if coupon is not None:
         if not isinstance(coupon, dict):
             raise InvalidRequest("coupon must be a JSON object")
-        if len(orjson.dumps(coupon)) > MAX_COUPON_BYTES or "\\u0000" in orjson.dumps(coupon).decode():
+        encoded = orjson.dumps(coupon)
+        if len(encoded) > MAX_COUPON_BYTES or b"\\u0000" in encoded:
             raise InvalidRequest(f"coupon must be at most {MAX_COUPON_BYTES} bytes of JSON without NUL")
         coupon_name = coupon.get("name", name)
         if not isinstance(coupon_name, str) or not 1 <= len(coupon_name) <= MAX_NAME_CHARS:
