@@ -6,16 +6,18 @@
 #   ops/bluegreen/switch.sh status       the active colour and whether each colour is ready
 #
 # A switch: start the colour (unless it runs already), wait at most READY_TIMEOUT_S for its
-# /ready (else refuse: traffic stays where it is), write the new nginx upstream beside the old
-# one and move it in place, `nginx -t` (on failure put the old file back), reload; then ask
-# /ready through nginx CHECKS times, CHECK_INTERVAL_S apart: one failure switches back. Last,
-# the old colour gets SIGTERM and DRAIN_TIMEOUT_S to answer what it holds and store its
-# buffered issues. Switching to the active colour while it answers is a no-op. One switch at
-# a time (a lock). Exit 0: traffic is on the colour asked for; 1: refused or rolled back.
+# /ready (else stop it and refuse: traffic stays where it is), `nginx -t`, then point nginx at
+# the colour in one atomic step (create or remove the marker nginx/upstream/active-green, which
+# nginx reads per request: no reload, so no client connection is closed); then ask /ready
+# through nginx CHECKS times, CHECK_INTERVAL_S apart: one failure points nginx back and stops
+# the new colour. Last, the old colour gets SIGTERM and DRAIN_TIMEOUT_S to answer what it
+# holds and store its buffered issues. Switching to the active colour while it answers is a
+# no-op. One switch at a time (a lock). Exit 0: traffic is on the colour asked for; 1: refused
+# or rolled back.
 #
 # DEPLOY_MODE=compose (default): the stack of docker-compose.yml; the colours are its services
-#   blue and green (`docker compose up -d --no-deps COLOUR`, COUPON_TAG picks the image),
-#   nginx/upstream/active.conf is the upstream file. NGINX_URL: nginx as this host reaches it
+#   blue and green (`docker compose up -d --no-deps COLOUR`, COUPON_TAG picks the image), the
+#   marker is in nginx/upstream/ (mounted into nginx). NGINX_URL: nginx as this host reaches it
 #   (http://127.0.0.1:${NGINX_PORT:-8080}). COMPOSE: the compose command (docker compose).
 # DEPLOY_MODE=native: processes on 127.0.0.1. NGINX_PREFIX: a prefix made by
 #   ops/bluegreen/native-nginx.sh (nginx runs with -p NGINX_PREFIX); BLUE_PORT, GREEN_PORT
@@ -44,19 +46,19 @@ die() {
     printf 'switch: %s\n' "$*" >&2
     exit 1
 }
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case $mode in
 compose)
     read -r -a compose <<<"${COMPOSE:-docker compose}"
-    upstream_file=$root/nginx/upstream/active.conf
+    state_dir=$root/nginx/upstream
     nginx_url=${NGINX_URL:-http://127.0.0.1:${NGINX_PORT:-8080}}
     ;;
 native)
     [[ -n ${NGINX_PREFIX:-} ]] || die "DEPLOY_MODE=native needs NGINX_PREFIX (see ops/bluegreen/native-nginx.sh)"
     prefix=$(cd "$NGINX_PREFIX" && pwd)
     nginx_conf=$prefix/conf/nginx.conf
-    upstream_file=$prefix/conf/upstream/active.conf
+    state_dir=$prefix/conf/upstream
     run_dir=${RUN_DIR:-$prefix/run}
     mkdir -p "$run_dir"
     if [[ -z ${NGINX_URL:-} ]]; then
@@ -71,7 +73,8 @@ native)
     ;;
 esac
 
-[[ -f $upstream_file ]] || die "no upstream file $upstream_file"
+[[ -d $state_dir ]] || die "no folder $state_dir for the switch's marker"
+marker=$state_dir/active-green
 
 port_of() {
     if [[ $1 == blue ]]; then echo "${BLUE_PORT:-8001}"; else echo "${GREEN_PORT:-8002}"; fi
@@ -82,7 +85,7 @@ other_of() {
 }
 
 active_colour() {
-    sed -n 's/^# active colour: \(blue\|green\)$/\1/p' "$upstream_file"
+    if [[ -e $marker ]]; then echo green; else echo blue; fi
 }
 
 pid_of() {
@@ -112,10 +115,12 @@ ready_through_nginx() {
 }
 
 where_to_look() {
-    if [[ $mode == native ]]; then
-        echo "$run_dir/$1.log and $prefix/logs/error.log"
+    if [[ $mode == compose ]]; then
+        echo "docker compose logs $1"
+    elif [[ $1 == nginx ]]; then
+        echo "$prefix/logs/error.log"
     else
-        echo "docker compose logs $1 nginx"
+        echo "$run_dir/$1.log"
     fi
 }
 
@@ -160,43 +165,23 @@ nginx_cmd() {
     fi
 }
 
-upstream_server() {
-    if [[ $mode == native ]]; then echo "127.0.0.1:$(port_of "$1")"; else echo "$1:8000"; fi
-}
-
-write_upstream() {
-    local colour=$1 tmp
-    tmp=$(mktemp "$(dirname "$upstream_file")/.active.conf.XXXXXX")
-    cat >"$tmp" <<CONF
-# active colour: $colour
-# Written by ops/bluegreen/switch.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ).
-upstream coupon_active {
-    server $(upstream_server "$colour") max_fails=0;
-    keepalive 64;
-    keepalive_timeout 30s;
-}
-map \$host \$coupon_colour {
-    default "$colour";
-}
-CONF
-    chmod 644 "$tmp"
-    # rename(2) in one folder: nginx (or a container mounting the folder) sees the old file or
-    # the new one, never half of one.
-    mv -f "$tmp" "$upstream_file"
-}
-
-# Point nginx at a colour: test the new file, restore the old one if nginx refuses it.
-point_nginx_at() {
-    local colour=$1 backup
-    backup=$(mktemp "$(dirname "$upstream_file")/.active.conf.previous.XXXXXX")
-    cp -p "$upstream_file" "$backup"
-    write_upstream "$colour"
-    if ! nginx_cmd -t -q; then
-        mv -f "$backup" "$upstream_file"
-        die "refused: nginx -t rejected the upstream for $colour; the previous upstream is back ($(where_to_look "$colour"))"
+# Point nginx at a colour in one step: rename(2) of the marker into place, or unlink(2).
+set_marker() {
+    local tmp
+    if [[ $1 == green ]]; then
+        tmp=$(mktemp "$state_dir/.switch.XXXXXX")
+        echo "green since $(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$tmp"
+        chmod 644 "$tmp"
+        mv -f "$tmp" "$marker"
+    else
+        rm -f "$marker"
     fi
-    rm -f "$backup"
-    nginx_cmd -s reload
+}
+
+point_nginx_at() {
+    # The colours' upstreams are in the configuration nginx runs; a broken one is refused here.
+    nginx_cmd -t -q || die "refused: nginx -t fails; traffic stays on $(active_colour) (look at $(where_to_look nginx))"
+    set_marker "$1"
 }
 
 drain_colour() {
@@ -228,22 +213,21 @@ drain_colour() {
 status() {
     local active colour state
     active=$(active_colour)
-    echo "active: ${active:-unknown} ($upstream_file)"
+    echo "active: $active (marker $marker)"
     for colour in blue green; do
         if colour_ready "$colour"; then state=ready; else state="not ready"; fi
         echo "$colour: $state"
     done
-    if ready_through_nginx "${active:-none}"; then
+    if ready_through_nginx "$active"; then
         echo "nginx ($nginx_url): serving $active"
     else
-        echo "nginx ($nginx_url): not serving ${active:-unknown}"
+        echo "nginx ($nginx_url): not serving $active"
     fi
 }
 
 switch_to() {
     local target=$1 active check
     active=$(active_colour)
-    [[ -n $active ]] || die "cannot read the active colour from $upstream_file"
 
     if [[ $active == "$target" ]] && ready_through_nginx "$target"; then
         say "$target is active and ready; nothing to do"
@@ -268,6 +252,7 @@ switch_to() {
                 die "$target does not answer through nginx ($nginx_url/ready); look at $(where_to_look "$target")"
             fi
             point_nginx_at "$active"
+            drain_colour "$target" >/dev/null
             die "rolled back to $active: $target failed /ready through nginx after the switch (check $check of $checks); look at $(where_to_look "$target")"
         fi
     done
@@ -302,7 +287,7 @@ main() {
     esac
 
     # One switch at a time: a second one waits for the first.
-    exec 9>"$(dirname "$upstream_file")/.switch.lock"
+    exec 9>"$state_dir/.switch.lock"
     flock 9
     switch_to "$target"
 }
