@@ -178,9 +178,10 @@ set_marker() {
     fi
 }
 
+# Point nginx at a colour once `nginx -t` passes (the colours' upstreams are in its
+# configuration); else leave the marker as it is and fail.
 point_nginx_at() {
-    # The colours' upstreams are in the configuration nginx runs; a broken one is refused here.
-    nginx_cmd -t -q || die "refused: nginx -t fails; traffic stays on $(active_colour) (look at $(where_to_look nginx))"
+    nginx_cmd -t -q || return 1
     set_marker "$1"
 }
 
@@ -243,7 +244,10 @@ switch_to() {
     fi
 
     say "pointing nginx at $target"
-    point_nginx_at "$target"
+    if ! point_nginx_at "$target"; then
+        [[ $active == "$target" ]] || drain_colour "$target" >/dev/null
+        die "refused: nginx -t fails; traffic stays on $active (look at $(where_to_look nginx))"
+    fi
 
     for ((check = 1; check <= checks; check++)); do
         sleep "$check_interval_s"
@@ -251,7 +255,7 @@ switch_to() {
             if [[ $active == "$target" ]]; then
                 die "$target does not answer through nginx ($nginx_url/ready); look at $(where_to_look "$target")"
             fi
-            point_nginx_at "$active"
+            point_nginx_at "$active" || set_marker "$active"
             drain_colour "$target" >/dev/null
             die "rolled back to $active: $target failed /ready through nginx after the switch (check $check of $checks); look at $(where_to_look "$target")"
         fi

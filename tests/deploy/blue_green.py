@@ -73,10 +73,13 @@ def seconds(duration: str) -> float:
 class Stack:
     """nginx and the two colours under one folder; `close()` stops whatever still runs."""
 
-    def __init__(self, work_dir: Path, env: dict[str, str], say: Callable[[str], None]) -> None:
+    def __init__(
+        self, work_dir: Path, env: dict[str, str], say: Callable[[str], None], *, blue_port: int = 0
+    ) -> None:
         self.prefix = work_dir / "nginx"
         self.say = say
-        self.nginx_port, self.blue_port, self.green_port = free_port(), free_port(), free_port()
+        self.nginx_port, self.green_port = free_port(), free_port()
+        self.blue_port = blue_port or free_port()
         self.nginx_url = f"http://127.0.0.1:{self.nginx_port}"
         self.env = {
             **os.environ,
@@ -110,9 +113,9 @@ class Stack:
         subprocess.run(self.nginx_args, check=True)
         self.say(f"nginx on {self.nginx_url} (prefix {self.prefix})")
 
-    def switch(self, colour: str) -> subprocess.CompletedProcess[str]:
+    def switch(self, colour: str, **env: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [str(SWITCH), colour], env=self.env, capture_output=True, text=True, timeout=240
+            [str(SWITCH), colour], env={**self.env, **env}, capture_output=True, text=True, timeout=240
         )
         for line in (done.stdout + done.stderr).splitlines():
             self.say(f"  {line}")
@@ -123,7 +126,10 @@ class Stack:
             self.colour_url(colour) + path,
             method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.env['ADMIN_TOKEN']}", "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"Bearer {self.env['ADMIN_TOKEN']}",
+                "Content-Type": "application/json",
+            },
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
@@ -171,7 +177,9 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
-def start_k6(stack: Stack, event_id: int, rate: int, duration: str, work_dir: Path) -> subprocess.Popen[bytes]:
+def start_k6(
+    stack: Stack, event_id: int, rate: int, duration: str, work_dir: Path
+) -> subprocess.Popen[bytes]:
     command = [
         str(BIN / "k6"),
         "run",
@@ -209,7 +217,8 @@ def read_k6(work_dir: Path, outcome: Outcome) -> None:
     outcome.failed = int(metrics.get("http_req_failed", {}).get("passes", 0))
     outcome.dropped = int(metrics.get("dropped_iterations", {}).get("count", 0))
     outcome.statuses = {
-        name: int(metrics.get(name, {}).get("count", 0)) for name in ("issued", "sold_out", "duplicate", "other")
+        name: int(metrics.get(name, {}).get("count", 0))
+        for name in ("issued", "sold_out", "duplicate", "other")
     }
 
 
@@ -245,10 +254,15 @@ def run(
         if stack.switch("blue").returncode != 0:
             breaches.append("the first deploy (switch.sh blue) failed")
             return outcome
-        event = stack.admin("blue", "POST", "/admin/events", {"name": "blue/green deploy test", "quantity": quantity})
+        event = stack.admin(
+            "blue", "POST", "/admin/events", {"name": "blue/green deploy test", "quantity": quantity}
+        )
         outcome.event_id = int(event["id"])
         stack.admin("blue", "POST", f"/admin/events/{outcome.event_id}/open")
-        say(f"event {outcome.event_id} open with {quantity:,} coupons; k6: {rate} req/s for {duration} through nginx")
+        say(
+            f"event {outcome.event_id} open with {quantity:,} coupons; "
+            f"k6: {rate} req/s for {duration} through nginx"
+        )
 
         load_s = seconds(duration)
         k6 = start_k6(stack, outcome.event_id, rate, duration, work_dir)
@@ -282,11 +296,15 @@ def run(
             if not outcome.served_by.get(colour):
                 breaches.append(f"{colour} served no request: the switch did not move the traffic")
         if outcome.failed or outcome.statuses.get("other"):
-            breaches.append(f"{outcome.failed} failed requests, {outcome.statuses.get('other')} not 201/409/410")
+            breaches.append(
+                f"{outcome.failed} failed requests, {outcome.statuses.get('other')} not 201/409/410"
+            )
         if outcome.dropped:
             say(f"note: k6 dropped {outcome.dropped} iterations (no VU free): not sent, not counted")
         if outcome.achieved_rps < 1000:
-            breaches.append(f"achieved {outcome.achieved_rps:.0f} req/s, below the 1,000 req/s this test must hold")
+            breaches.append(
+                f"achieved {outcome.achieved_rps:.0f} req/s, below the 1,000 req/s this test must hold"
+            )
 
         # Green was drained by the second switch: its buffer must be in PostgreSQL already.
         # Blue is still up; give its writer a moment, then every check reads the stores.
@@ -312,7 +330,9 @@ async def _settle_and_verify(verify: Any, outcome: Outcome, database_url: str, r
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rate", type=int, default=int(os.environ.get("RATE", 1200)), help="offered req/s")
     parser.add_argument("--duration", default=os.environ.get("DURATION", "30s"))
     parser.add_argument("--quantity", type=int, default=int(os.environ.get("QUANTITY", 30_000)))
