@@ -205,9 +205,9 @@ def start_k6(
         f"USER_PREFIX=deploy-{event_id}",
         str(ROOT / "loadtest" / "k6" / "issue.js"),
     ]
-    log = open(work_dir / "k6.log", "wb")
     env = {**os.environ, "K6_NO_USAGE_REPORT": "true"}
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(work_dir / "k6.log", "wb") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def read_k6(work_dir: Path, outcome: Outcome) -> None:
