@@ -23,9 +23,9 @@ async def test_issue_requests_past_the_per_ip_burst_get_429_json_and_issue_nothi
     replies = await burst(Api(stack.nginx_url, http), event_id, users)
 
     statuses = [reply.status for reply in replies]
-    # The burst (5) plus the one request the rate allows now; at 1 request/s another may
-    # pass while the 40 are sent.
-    assert 6 <= statuses.count(201) <= 7, statuses
+    # The burst (5) plus the one request the rate allows now; at 1 request/s one or two more
+    # may pass while the 40 are sent on a busy machine.
+    assert 6 <= statuses.count(201) <= 8, statuses
     assert statuses.count(201) + statuses.count(429) == len(users), statuses
     limited = [reply for reply in replies if reply.status == 429]
     assert all(reply.code == "rate_limited" for reply in limited), limited[0]
