@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -36,7 +37,11 @@ class Writer:
         flush_batch_rows: int,
         flush_interval_s: float,
         retry_max_s: float,
+        on_flush: Callable[[int, float], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
+        """``on_flush(rows, seconds)`` after each stored batch; ``on_failure()`` after each
+        failed write (both for metrics)."""
         if flush_batch_rows < 1:
             raise ValueError(f"flush_batch_rows must be positive, got {flush_batch_rows}")
         if flush_interval_s <= 0:
@@ -46,7 +51,11 @@ class Writer:
         self._batch_rows = flush_batch_rows
         self._interval_s = flush_interval_s
         self._retry_max_s = retry_max_s
+        self._on_flush = on_flush
+        self._on_failure = on_failure
         self._wakeup = asyncio.Event()
+        # One flush at a time: two would take the same oldest rows.
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.failures = 0
@@ -64,13 +73,22 @@ class Writer:
 
     async def flush(self) -> int:
         """Write the oldest batch; raises if PostgreSQL refused it (the rows stay)."""
-        records = self._buffer.oldest(self._batch_rows)
-        if not records:
-            return 0
-        async with self._pool.acquire() as conn:
-            await sink.write(conn, records)
-        self._buffer.mark_stored(len(records))
-        return len(records)
+        async with self._flushing:
+            records = self._buffer.oldest(self._batch_rows)
+            if not records:
+                return 0
+            started = time.perf_counter()
+            try:
+                async with self._pool.acquire() as conn:
+                    await sink.write(conn, records)
+            except BaseException:
+                if self._on_failure is not None:
+                    self._on_failure()
+                raise
+            self._buffer.mark_stored(len(records))
+            if self._on_flush is not None:
+                self._on_flush(len(records), time.perf_counter() - started)
+            return len(records)
 
     async def _run(self) -> None:
         backoff_s = _FIRST_RETRY_S

@@ -99,7 +99,11 @@ class Service:
         }
         log = open(run_dir / "service.log", "wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "coupon-service")], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(BIN / "coupon-service")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Sanic kills its workers with killpg
         )
         say(f"started coupon-service ({args.workers} workers) on {self.url}")
 

@@ -6,9 +6,10 @@ import hmac
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from . import validation
+from . import metrics, validation
 from .errors import Unauthorized
 from .http import json
+from .instrument import observed
 from .lifecycle import Lifecycle
 from .timefmt import iso, now_utc
 
@@ -30,6 +31,7 @@ def _lifecycle(request: Request) -> Lifecycle:
 
 
 @admin.post("/events", name="create_event")
+@observed
 async def create_event(request: Request) -> HTTPResponse:
     spec = validation.event_spec(request.body, now_utc())
     row = await _lifecycle(request).create(spec)
@@ -48,24 +50,31 @@ async def create_event(request: Request) -> HTTPResponse:
 
 
 @admin.post("/events/<event_id:str>/open", name="open_event")
+@observed
 async def open_event(request: Request, event_id: str) -> HTTPResponse:
-    report = await _lifecycle(request).open(validation.event_id(event_id))
+    with metrics.lifecycle_operation("open"):
+        report = await _lifecycle(request).open(validation.event_id(event_id))
     return json(report.as_json())
 
 
 @admin.post("/events/<event_id:str>/close", name="close_event")
+@observed
 async def close_event(request: Request, event_id: str) -> HTTPResponse:
-    report = await _lifecycle(request).close(validation.event_id(event_id))
+    with metrics.lifecycle_operation("close"):
+        report = await _lifecycle(request).close(validation.event_id(event_id))
     return json(report.as_json())
 
 
 @admin.post("/events/<event_id:str>/sync", name="sync_event")
+@observed
 async def sync_event(request: Request, event_id: str) -> HTTPResponse:
-    report = await _lifecycle(request).sync(validation.event_id(event_id))
+    with metrics.lifecycle_operation("sync"):
+        report = await _lifecycle(request).sync(validation.event_id(event_id))
     return json(report.as_json())
 
 
 @admin.get("/events/<event_id:str>", name="event_report")
+@observed
 async def event_report(request: Request, event_id: str) -> HTTPResponse:
     report = await _lifecycle(request).report(validation.event_id(event_id))
     return json(report.as_json())

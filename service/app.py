@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from functools import partial
 from types import SimpleNamespace
 
 import asyncpg
@@ -15,13 +16,14 @@ from sanic.config import Config
 from batcher import Buffer, Writer
 from batcher import create_pool as create_writer_pool
 
-from . import store
+from . import instrument, logs, metrics, store
 from .admin import admin
 from .auth import TokenVerifier
 from .breaker import CircuitBreaker
 from .config import Settings
 from .decision import EventStore, connect
 from .directory import EventDirectory
+from .draining import close_idle_connections
 from .http import handle
 from .issuing import Issuer, SoldOutFlags
 from .lifecycle import Lifecycle
@@ -39,7 +41,8 @@ _PG_POOL_MAX = 8
 
 
 def create_app(settings: Settings) -> App:
-    app = Sanic(APP_NAME)
+    logs.configure(settings.log_level, settings.log_format)  # in every process: workers spawn
+    app = Sanic(APP_NAME, configure_logging=False)
     app.config.update(
         REQUEST_MAX_SIZE=settings.request_max_bytes,
         GRACEFUL_SHUTDOWN_TIMEOUT=settings.graceful_timeout_s,
@@ -56,6 +59,7 @@ def create_app(settings: Settings) -> App:
     app.blueprint(public)
     app.blueprint(admin)
     app.error_handler.add(Exception, handle)
+    instrument.access_log_enabled = settings.access_log
 
     @app.main_process_start
     async def share(app: App) -> None:
@@ -66,9 +70,17 @@ def create_app(settings: Settings) -> App:
     async def start_worker(app: App) -> None:
         await _start_worker(app, settings)
 
+    @app.before_server_stop
+    async def stop_accepting(app: App) -> None:
+        app.ctx.closer = asyncio.get_running_loop().create_task(close_idle_connections(), name="close-idle")
+
     @app.after_server_stop
     async def stop_worker(app: App) -> None:
-        await _stop_worker(app, settings)
+        # Sanic may run this listener a second time if a signal interrupts the first run
+        # (uvloop); both runs wait for the one drain.
+        if getattr(app.ctx, "stopping", None) is None:
+            app.ctx.stopping = asyncio.get_running_loop().create_task(_stop_worker(app, settings))
+        await asyncio.shield(app.ctx.stopping)
 
     return app
 
@@ -90,9 +102,10 @@ async def _start_worker(app: App, settings: Settings) -> None:
     ctx.events = EventStore(ctx.redis)
     try:
         await ctx.events.load_scripts()
+        await ctx.events.warm(settings.issue_inflight_max)
     except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
         logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
-    ctx.buffer = Buffer(settings.buffer_max_rows, on_change=ctx.board.publish)
+    ctx.buffer = Buffer(settings.buffer_max_rows, on_change=partial(_buffer_changed, ctx.board))
     ctx.writer_pool = await create_writer_pool(settings.database_url)
     ctx.writer = Writer(
         ctx.writer_pool,
@@ -100,6 +113,8 @@ async def _start_worker(app: App, settings: Settings) -> None:
         flush_batch_rows=settings.flush_batch_rows,
         flush_interval_s=settings.flush_interval_s,
         retry_max_s=settings.flush_retry_max_s,
+        on_flush=_flushed,
+        on_failure=metrics.flush_failures.inc,
     )
     ctx.writer.start()
     ctx.directory = EventDirectory(
@@ -128,6 +143,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
         if multiplexer is not None
         else None
     )
+    ctx.sampler = asyncio.get_running_loop().create_task(metrics.sample_process(), name="sample-process")
     ctx.reconciler = asyncio.get_running_loop().create_task(
         run_periodically(
             ctx.pool,
@@ -143,7 +159,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
 async def _stop_worker(app: App, settings: Settings) -> None:
     """After in-flight requests are answered: store every buffered row, then close."""
     ctx = app.ctx
-    for task in (ctx.reconciler, ctx.supervisor):
+    for task in (ctx.reconciler, ctx.supervisor, ctx.sampler, getattr(ctx, "closer", None)):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,3 +170,14 @@ async def _stop_worker(app: App, settings: Settings) -> None:
     await ctx.redis.aclose()
     await ctx.writer_pool.close()
     await ctx.pool.close()
+    metrics.mark_dead(os.getpid())
+
+
+def _buffer_changed(board: WorkerBoard, accepted: int, stored: int) -> None:
+    board.publish(accepted, stored)
+    metrics.buffer_rows.set(accepted - stored)
+
+
+def _flushed(rows: int, seconds: float) -> None:
+    metrics.rows_written.inc(rows)
+    metrics.flush_duration.observe(seconds)

@@ -52,6 +52,10 @@ class Settings:
     graceful_timeout_s: float = 60.0
     request_max_bytes: int = 16_384
     log_level: str = "INFO"
+    # "json" (one object a line, for log shippers) or "text" (for a terminal).
+    log_format: str = "json"
+    # One line per answered request (route, status, duration, request id); off by default.
+    access_log: bool = False
     auth_jwt_secret: str | None = None
     auth_jwt_public_key: str | None = None
 
@@ -83,6 +87,8 @@ class Settings:
             graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", 60.0, 0.0, 3600.0),
             request_max_bytes=env.integer("REQUEST_MAX_BYTES", 16_384, 256, 10_000_000),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=env.choice("LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
+            access_log=env.boolean("ACCESS_LOG", False),
             auth_jwt_secret=env.secret("AUTH_JWT_SECRET"),
             auth_jwt_public_key=env.public_key("AUTH_JWT_PUBLIC_KEY"),
         )
@@ -156,6 +162,16 @@ class _Env:
         if raw.upper() not in choices:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
         return raw.upper()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"expected true or false, got {raw!r}")
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         raw = self._raw(name) or default

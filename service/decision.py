@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,15 @@ class EventStore:
     async def load_scripts(self) -> None:
         for script in (self._issue, self._hold, self._finish_sync):
             script.sha = await self.redis.script_load(script.script)
+
+    async def warm(self, connections: int) -> None:
+        """Open ``connections`` pooled connections now, at start: a connection opened during
+        a burst pays its handshake's round trips on a loaded event loop, and a batch waiting
+        on it can miss its deadline (503s that issued nothing, but 503s)."""
+        pool = self.redis.connection_pool
+        opened = await asyncio.gather(*(pool.get_connection() for _ in range(connections)))  # type: ignore[no-untyped-call]
+        for connection in opened:
+            await pool.release(connection)
 
     async def scripts_loaded(self) -> bool:
         shas = [s.sha for s in (self._issue, self._hold, self._finish_sync)]

@@ -22,6 +22,7 @@ from .errors import (
     ServiceError,
     Unavailable,
 )
+from .instrument import answered, route_name
 
 logger = logging.getLogger(__name__)
 
@@ -41,26 +42,34 @@ def error(exc: ServiceError) -> HTTPResponse:
 
 def handle(request: Request, exc: Exception) -> HTTPResponse:
     """Every exception a route lets through becomes {"error": {"code", "message"}}."""
-    if isinstance(exc, ServiceError):
-        return error(exc)
-    if isinstance(exc, SanicNotFound):
-        return error(NotFound())
+    refusal = _refusal(request, exc)
+    response = error(refusal)
     if isinstance(exc, SanicMethodNotAllowed):
-        response = error(MethodNotAllowed())
         # RFC 9110: a 405 lists the methods the route does allow.
         response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods or ()))
-        return response
+    answered(request, response, refusal.code)
+    return response
+
+
+def _refusal(request: Request, exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, SanicNotFound):
+        return NotFound()
+    if isinstance(exc, SanicMethodNotAllowed):
+        return MethodNotAllowed()
     if isinstance(exc, SanicPayloadTooLarge):
-        return error(PayloadTooLarge())
+        return PayloadTooLarge()
+    # Logged by route name, never by path: a path can hold a user id.
     if isinstance(
         exc, (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
     ):
-        logger.warning("dependency failed on %s: %s", request.path, type(exc).__name__)
-        return error(Unavailable())
+        logger.warning("dependency failed on %s: %s", route_name(request), type(exc).__name__)
+        return Unavailable()
     if isinstance(exc, SanicException) and 400 <= exc.status_code < 500:
-        return error(_client_error(exc.status_code))
-    logger.exception("unhandled error on %s %s", request.method, request.path)
-    return error(ServiceError())
+        return _client_error(exc.status_code)
+    logger.exception("unhandled error on %s %s", request.method, route_name(request))
+    return ServiceError()
 
 
 def _client_error(status: int) -> ServiceError:

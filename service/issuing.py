@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from batcher import Buffer, BufferFull, IssueRecord, Writer
 
+from . import metrics
 from .breaker import CircuitBreaker
 from .coalescer import Coalescer
 from .decision import EventStore, Outcome
@@ -113,9 +114,13 @@ class Issuer:
             # and after any event-loop lag), so Redis reaching the batch later than this
             # deadline means the caller has given up: it must issue nothing.
             deadline_us = time.time_ns() // 1000 + self._decide_within_us
+            started = time.perf_counter()
             reply = await self._events.decide(event_id, users, deadline_us)
+            metrics.decide_duration.observe(time.perf_counter() - started)
+            metrics.decide_batch.observe(len(users))
         except (TimeoutError, RedisError, OSError) as exc:
             self._buffer.release(len(users))
+            metrics.decide_failures.inc()
             logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)
             raise Unavailable() from exc
         except BaseException:

@@ -15,7 +15,7 @@ import time
 import asyncpg
 from redis.exceptions import LockError, RedisError
 
-from . import store
+from . import metrics, store
 from .decision import EventStore
 from .keys import RECONCILE_LOCK
 from .lifecycle import Lifecycle
@@ -95,7 +95,10 @@ async def run_periodically(
             )
         except (TimeoutError, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
+            metrics.reconcile_failures.inc()
             written = None
+        if written:
+            metrics.reconciled_rows.inc(written)
         if written is not None:
             started = True
         await asyncio.sleep(interval_s if started else min(interval_s, _RETRY_S))

@@ -10,10 +10,11 @@ import asyncpg
 from redis.exceptions import RedisError
 from sanic import Blueprint, HTTPResponse, Request
 
-from . import store, validation
+from . import metrics, store, validation
 from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
 from .http import json
+from .instrument import observed
 from .timefmt import iso, iso_us, now_utc, to_us
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ public = Blueprint("public")
 
 
 @public.post("/events/<event_id:str>/issue", name="issue")
+@observed
 async def issue(request: Request, event_id: str) -> HTTPResponse:
     ctx = request.app.ctx
     event = validation.event_id(event_id)
@@ -35,6 +37,7 @@ async def issue(request: Request, event_id: str) -> HTTPResponse:
 
 
 @public.get("/events/<event_id:str>", name="event")
+@observed
 async def event(request: Request, event_id: str) -> HTTPResponse:
     ctx = request.app.ctx
     event = validation.event_id(event_id)
@@ -78,6 +81,7 @@ def _public_status(stored: str, live: str | None, row: store.EventRow, remaining
 
 
 @public.get("/events/<event_id:str>/issues/<user_id:str>", name="user_issue")
+@observed
 async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPResponse:
     ctx = request.app.ctx
     event = validation.event_id(event_id)
@@ -100,17 +104,51 @@ _OPENAPI = resources.files("service").joinpath("openapi.json").read_bytes()
 
 
 @public.get("/openapi.json", name="openapi")
+@observed
 async def openapi(request: Request) -> HTTPResponse:
     """The API contract (OpenAPI 3.0), kept beside the code and checked by schemathesis."""
     return HTTPResponse(_OPENAPI, content_type="application/json")
 
 
+@public.get("/metrics", name="metrics")
+@observed
+async def prometheus_metrics(request: Request) -> HTTPResponse:
+    """Every worker's metrics (multiprocess mode) and the open events' counts, for Prometheus.
+
+    Not public: nginx refuses it from outside. If Redis or PostgreSQL cannot be read, the
+    per-event gauges are left out and the rest is served.
+    """
+    ctx = request.app.ctx
+    try:
+        states = await asyncio.wait_for(_event_states(ctx), max(ctx.settings.redis_timeout_s, 1.0))
+    except (RedisError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        logger.debug("event gauges left out: %s", type(exc).__name__)
+        states = []
+    body = metrics.exposition(metrics.event_families(states))
+    return HTTPResponse(body, content_type=metrics.CONTENT_TYPE)
+
+
+async def _event_states(ctx: object) -> list[tuple[int, int, int, int]]:
+    pool, events = ctx.pool, ctx.events  # type: ignore[attr-defined]
+    open_events = await store.open_events(pool, metrics.MAX_EVENTS)
+    if not open_events:
+        return []
+    stored = await store.issue_counts(pool, [event_id for event_id, _ in open_events])
+    states = []
+    for event_id, quantity in open_events:
+        state = await events.state(event_id)
+        states.append((event_id, quantity, state.issued, stored.get(event_id, 0)))
+    return states
+
+
 @public.get("/health", name="health")
+@observed
 async def health(request: Request) -> HTTPResponse:
     return json({"status": "ok"})
 
 
 @public.get("/ready", name="ready")
+@observed
 async def ready(request: Request) -> HTTPResponse:
     """Ready when Redis answers with the scripts loaded and PostgreSQL answers."""
     ctx = request.app.ctx
@@ -129,7 +167,11 @@ async def ready(request: Request) -> HTTPResponse:
         checks["postgres"] = True
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         logger.debug("not ready: PostgreSQL: %s", type(exc).__name__)
+    workers = len(ctx.board.slots())
     if all(checks.values()):
-        return json({"status": "ready", "checks": checks})
+        return json({"status": "ready", "checks": checks, "workers": workers})
     refusal = Unavailable("not ready: " + ", ".join(name for name, ok in checks.items() if not ok))
-    return json({"error": {"code": refusal.code, "message": refusal.detail}, "checks": checks}, 503)
+    return json(
+        {"error": {"code": refusal.code, "message": refusal.detail}, "checks": checks, "workers": workers},
+        503,
+    )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import atexit
 import sys
 from functools import partial
 
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
+from . import metrics
 from .app import create_app
 from .config import ConfigError, Settings
+from .draining import DrainingHttpProtocol
 
 
 def main() -> None:
@@ -19,10 +21,8 @@ def main() -> None:
     except ConfigError as exc:
         print(f"coupon-service: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
+    made = metrics.prepare_directory()  # before the workers spawn: they inherit the variable
+    atexit.register(metrics.remove_directory, made)
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(
@@ -32,6 +32,7 @@ def main() -> None:
         access_log=False,
         motd=False,
         backlog=4096,
+        protocol=DrainingHttpProtocol,
     )
     Sanic.serve(primary=app, app_loader=loader)
 

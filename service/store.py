@@ -90,6 +90,23 @@ async def live_event_ids(pool: asyncpg.Pool) -> list[int]:
     return [row["id"] for row in rows]
 
 
+async def open_events(pool: asyncpg.Pool, limit: int) -> list[tuple[int, int]]:
+    """(id, quantity) of the most recent open events, at most ``limit``."""
+    rows = await pool.fetch(
+        "SELECT id, quantity FROM events WHERE status = 'open' ORDER BY id DESC LIMIT $1", limit
+    )
+    return [(row["id"], row["quantity"]) for row in rows]
+
+
+async def issue_counts(pool: asyncpg.Pool, event_ids: list[int]) -> dict[int, int]:
+    rows = await pool.fetch(
+        "SELECT event_id, count(*) AS n FROM coupon_issues"
+        " WHERE event_id = ANY($1::bigint[]) GROUP BY event_id",
+        event_ids,
+    )
+    return {row["event_id"]: row["n"] for row in rows}
+
+
 async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
     return await pool.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)  # type: ignore[no-any-return]
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 MAX_SLOTS = 256
@@ -162,3 +164,5 @@ async def replace_failed_siblings(multiplexer: Any, *, interval_s: float = 1.0) 
                 logger.warning("worker %s (pid %s) died; asking the manager for a replacement", name, pid)
                 multiplexer.restart(name)
                 requested[name] = pid
+                if isinstance(pid, int):
+                    metrics.mark_dead(pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,7 +34,12 @@ class ServiceProcess:
     def start(self, timeout_s: float = 30.0) -> ServiceProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "coupon-service")], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [str(BIN / "coupon-service")],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Sanic kills its workers with killpg: the service gets a process group of its own.
+            start_new_session=True,
         )
         log.close()
         self.wait_ready(timeout_s)
@@ -46,9 +52,10 @@ class ServiceProcess:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
-                    if response.status == 200 and len(self.worker_pids()) >= int(
-                        self.env.get("WORKERS", "1")
-                    ):
+                    # Every worker has started: Sanic's manager hangs on a SIGTERM that
+                    # lands while a worker is still starting (docs/reliability.md).
+                    if json.loads(response.read())["workers"] >= int(self.env.get("WORKERS", "1")):
+                        time.sleep(0.3)  # a worker acknowledges its start just after claiming
                         return
             except OSError:
                 pass

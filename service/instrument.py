@@ -1,0 +1,68 @@
+"""Per-answer bookkeeping: the request id echoed, the answer counted (by route and status;
+issue answers by outcome, timed) and, if enabled, the access log line.
+
+Done in the handlers (``observed``) and in the error handler rather than in Sanic
+middleware: a pair of middlewares costs every request more than all of this.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Counter
+from sanic import HTTPResponse, Request
+
+from . import logs, metrics
+
+Handler = Callable[..., Awaitable[HTTPResponse]]
+
+_ISSUE_ROUTE = "issue"
+_http_children: dict[tuple[str, int], Counter] = {}
+access_log_enabled = False
+
+
+def route_name(request: Request) -> str:
+    """The matched route's short name ("issue", "event", …), or "unmatched"."""
+    route = request.route
+    return route.name.rsplit(".", 1)[-1] if route is not None else "unmatched"
+
+
+def observed(handler: Handler) -> Handler:
+    """Wraps a route handler: its successful answers are counted here; its refusals are
+    counted by the error handler, which calls ``answered`` too."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        request.ctx.arrived = time.perf_counter()
+        response = await handler(request, *args, **kwargs)
+        answered(request, response)
+        return response
+
+    return wrapper
+
+
+def answered(request: Request, response: HTTPResponse, error_code: str | None = None) -> None:
+    arrived = getattr(request.ctx, "arrived", None)
+    elapsed = time.perf_counter() - arrived if arrived is not None else 0.0
+    route = route_name(request)
+    status = response.status
+    child = _http_children.get((route, status))
+    if child is None:
+        child = _http_children[route, status] = metrics.http_requests.labels(route, str(status))
+    child.inc()
+    if route == _ISSUE_ROUTE:
+        metrics.count_issue(status, error_code, elapsed)
+    response.headers[logs.HEADER] = logs.request_id(request)
+    if access_log_enabled:
+        logs.access.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3) if arrived is not None else None,
+            },
+        )

@@ -1,0 +1,101 @@
+"""SIGTERM under load: requests in flight are answered, every buffered row is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import aiohttp
+import asyncpg
+import pytest
+from faulty.middlewares import LatencyMiddleware
+from redis.asyncio import Redis
+
+from service.keys import event_keys
+from tests.support.api import Api, Reply
+from tests.support.invariants import assert_invariants
+from tests.support.proxy import proxy_to, running, through
+from tests.support.servers import ServiceProcess
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+RATE = 300  # new users per second, open loop
+SIGTERM_AT_S = 1.5
+LOAD_S = 2.5
+
+
+async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_row(
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    pg: asyncpg.Pool,
+    redis: Redis,
+) -> None:
+    # Redis 50-100 ms away each way, so that requests are mid-decision when the signal
+    # lands; rows stay buffered (no timed flush), so only the drain can store them.
+    redis_proxy = proxy_to(redis_url, 6379)
+    redis_proxy.add_ingress_rule(LatencyMiddleware(50, 100))
+    redis_proxy.add_egress_rule(LatencyMiddleware(50, 100))
+    with running(redis_proxy):
+        service = start_service(
+            REDIS_URL=through(redis_url, redis_proxy),
+            REDIS_TIMEOUT_MS="3000",
+            FLUSH_INTERVAL_MS="60000",
+            FLUSH_BATCH_ROWS="100000",
+        )
+        assert service.proc is not None
+        api = Api(service.url, http)
+        quantity = 500
+        event_id = await api.open_event(quantity)
+
+        sent: list[tuple[float, asyncio.Task[tuple[Reply, float]]]] = []
+        sigterm_at = 0.0
+
+        async def timed(user: str) -> tuple[Reply, float]:
+            try:
+                reply = await api.issue(event_id, user)
+            except aiohttp.ClientError as exc:
+                reply = Reply(-1, repr(exc))
+            return reply, time.monotonic()
+
+        started = time.monotonic()
+        n = 0
+        while (now := time.monotonic()) - started < LOAD_S:
+            if not sigterm_at and now - started >= SIGTERM_AT_S:
+                rows_at_sigterm = await pg.fetchval(
+                    "SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id
+                )
+                os.kill(service.proc.pid, signal.SIGTERM)
+                sigterm_at = time.monotonic()
+            for _ in range(RATE // 50):
+                sent.append((time.monotonic(), asyncio.create_task(timed(f"t{n}"))))
+                n += 1
+            await asyncio.sleep(0.02)
+        results = [(at, *(await task)) for at, task in sent]
+        exit_code = await asyncio.to_thread(service.proc.wait, 60)
+        stopped_after_s = time.monotonic() - sigterm_at
+
+    assert exit_code == 0
+    # Idle keep-alive connections do not hold the stop until GRACEFUL_TIMEOUT_S (20 s).
+    assert stopped_after_s < 10, stopped_after_s
+    statuses = Counter(reply.status for _, reply, _ in results)
+    assert set(statuses) <= {201, 410, -1}, statuses  # refused after the signal, never a 5xx
+    early = [reply for at, reply, _ in results if at < sigterm_at - 0.2]
+    assert early and all(reply.status in (201, 410) for reply in early), Counter(r.status for r in early)
+    in_flight = [r for at, r, answered in results if at < sigterm_at < answered and r.status == 201]
+    assert in_flight, "no request was in flight when the signal landed"
+
+    # The process has exited: its drain stored every row it had answered 201 for.
+    issued_201 = {
+        reply.body["user_id"]: reply.body["ordinal"] for _, reply, _ in results if reply.status == 201
+    }
+    assert rows_at_sigterm < len(issued_201)
+    rows = await assert_invariants(pg, event_id, quantity, redis=redis)
+    assert {row["user_id"]: row["ordinal"] for row in rows} == issued_201
+    assert int(await redis.get(event_keys(event_id).seq)) == len(issued_201)
