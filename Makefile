@@ -31,6 +31,7 @@ lint: tools
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	@bash ops/bluegreen/nginx-test.sh
+	promtool check config ops/prometheus/prometheus.yml
 	promtool check rules ops/prometheus/rules/*.yml
 	promtool test rules ops/prometheus/tests/*.yml
 
