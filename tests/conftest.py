@@ -12,28 +12,17 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from service.schema import create_database, migrate
 from tests.support.api import ADMIN_TOKEN, Api, connector
+from tests.support.database import fresh_database
 from tests.support.servers import ServiceProcess
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-async def _fresh_database(url: str) -> None:
-    name = url.rsplit("/", 1)[-1]
-    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    await create_database(url)
-    await migrate(url)
-
-
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    asyncio.run(_fresh_database(TEST_DATABASE_URL))
+    asyncio.run(fresh_database(TEST_DATABASE_URL))
     return TEST_DATABASE_URL
 
 

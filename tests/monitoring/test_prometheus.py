@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.support.api import Api, burst
+from tests.support.database import fresh_database
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServiceProcess, free_port
 
@@ -55,11 +56,15 @@ def _wait_http(url: str, timeout_s: float = 30) -> None:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, start_service: Callable[..., ServiceProcess], database_url: str
 ) -> Iterator[Stack]:
+    # A database of its own: the per-event gauges (and the over-issue alert) read every
+    # open event, and other tests write rows for events they make up.
+    database_url = database_url.rsplit("/", 1)[0] + "/coupons_monitoring"
+    asyncio.run(fresh_database(database_url))
     missing = [name for name in BINARIES if shutil.which(name) is None]
     assert not missing, f"{missing} not installed: make tools (apt-get install -y {' '.join(missing)})"
     folder = tmp_path_factory.mktemp("monitoring")
     redis_server = RedisServer(folder, aof=False).start()
-    service = start_service(REDIS_URL=redis_server.url)
+    service = start_service(REDIS_URL=redis_server.url, DATABASE_URL=database_url)
     ports = {name: free_port() for name in ("prometheus", "redis", "postgres")}
     processes = [
         subprocess.Popen(

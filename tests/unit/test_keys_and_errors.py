@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,7 +45,8 @@ def test_keys_expire_past_the_end_or_long_after_now_when_open_ended() -> None:
 )
 def test_every_error_becomes_one_json_shape(exc: Exception, status: int, code: str) -> None:
     class FakeRequest:
-        method, path = "POST", "/x"
+        method, path, route, headers = "POST", "/x", None, {}
+        ctx = SimpleNamespace()
 
     response = handle(FakeRequest(), exc)  # type: ignore[arg-type]
     assert response.status == status
