@@ -15,7 +15,7 @@ run: setup db
 	  echo "make run: ADMIN_TOKEN not set; using the development token '$(DEV_ADMIN_TOKEN)' (never in production)"; \
 	fi
 	@echo "make run: serving on http://$(HOST):$(PORT) (Ctrl-C stops it)"
-	ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" exec $(BIN)/coupon-service
+	ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" LOG_FORMAT="$${LOG_FORMAT:-text}" exec $(BIN)/coupon-service
 
 test: lint check
 	$(BIN)/pytest
