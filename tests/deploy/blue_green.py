@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -153,8 +154,12 @@ class Stack:
         pidfile = self.prefix / "logs" / "nginx.pid"
         if pidfile.exists():
             pid = int(pidfile.read_text())
-            subprocess.run([*self.nginx_args, "-s", "quit"], check=False, capture_output=True)
-            _wait_gone(pid, 10)
+            # SIGQUIT itself, not `nginx -s quit`: that re-reads the configuration, which a
+            # test may have broken on purpose.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+            if not _wait_gone(pid, 10):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _stop(pid: int) -> None:
