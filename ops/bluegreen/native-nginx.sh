@@ -11,9 +11,13 @@
 #
 #   nginx -p PREFIX/ -c PREFIX/conf/nginx.conf -e PREFIX/logs/error.log      # start
 #   DEPLOY_MODE=native NGINX_PREFIX=PREFIX ops/bluegreen/switch.sh blue     # first deploy
+#
+# Several service hosts in one colour (issue 8): BLUE_SERVERS or GREEN_SERVERS, comma-separated
+# host:port, replace that colour's one server; nginx spreads requests over them round-robin.
+# You start those instances yourself: switch.sh starts and stops one process per colour.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     usage
@@ -33,6 +37,25 @@ green_port=${GREEN_PORT:-8002}
 for value in "$port" "$rate" "$burst" "$blue_port" "$green_port"; do
     [[ $value =~ ^[0-9]+$ ]] || { echo "native-nginx: not a number: '$value'" >&2; exit 2; }
 done
+
+blue_servers=${BLUE_SERVERS:-127.0.0.1:$blue_port}
+green_servers=${GREEN_SERVERS:-127.0.0.1:$green_port}
+
+# One `server` line per host:port of a comma-separated list. max_fails=0: nginx never sets an
+# instance aside; one that refuses a connection is passed over for the request (coupon.conf).
+server_lines() {
+    local list=$1 name=$2 server
+    local -a servers
+    IFS=, read -r -a servers <<<"$list"
+    ((${#servers[@]} > 0)) || { echo "native-nginx: $name is empty" >&2; exit 2; }
+    for server in "${servers[@]}"; do
+        [[ $server =~ ^[A-Za-z0-9.-]+:[0-9]+$ ]] ||
+            { echo "native-nginx: $name: not host:port: '$server'" >&2; exit 2; }
+        printf '    server %s max_fails=0;\n' "$server"
+    done
+}
+blue_upstream=$(server_lines "$blue_servers" BLUE_SERVERS)
+green_upstream=$(server_lines "$green_servers" GREEN_SERVERS)
 
 mkdir -p "$prefix/conf/mode" "$prefix/conf/upstream" "$prefix/logs" "$prefix/tmp"
 cp "$source_dir/nginx.conf" "$source_dir/coupon.conf" "$prefix/conf/"
@@ -84,17 +107,18 @@ listen 127.0.0.1:$port;
 CONF
 
 cat >"$prefix/conf/mode/upstreams.conf" <<CONF
-# native: the colours are processes on this machine.
+# native: the colours are processes on this machine (or the hosts BLUE_SERVERS and
+# GREEN_SERVERS name).
 upstream coupon_blue {
-    server 127.0.0.1:$blue_port max_fails=0;
+$blue_upstream
     keepalive 64;
     keepalive_timeout 30s;
 }
 upstream coupon_green {
-    server 127.0.0.1:$green_port max_fails=0;
+$green_upstream
     keepalive 64;
     keepalive_timeout 30s;
 }
 CONF
 
-echo "native-nginx: rendered $prefix/conf (listen 127.0.0.1:$port; blue 127.0.0.1:$blue_port, green 127.0.0.1:$green_port; issue: $said)"
+echo "native-nginx: rendered $prefix/conf (listen 127.0.0.1:$port; blue $blue_servers, green $green_servers; issue: $said)"
