@@ -21,7 +21,7 @@ from .admin import admin
 from .auth import TokenVerifier
 from .breaker import CircuitBreaker
 from .config import Settings
-from .decision import EventStore, connect
+from .decision import EventStore, connect, connect_cluster
 from .directory import EventDirectory
 from .draining import close_idle_connections
 from .http import handle
@@ -94,12 +94,19 @@ async def _start_worker(app: App, settings: Settings) -> None:
     ctx.pool = await asyncpg.create_pool(
         settings.database_url, min_size=0, max_size=_PG_POOL_MAX, command_timeout=60
     )
-    ctx.redis = connect(
-        settings.redis_url,
-        max_connections=settings.issue_inflight_max + _EXTRA_REDIS_CONNECTIONS,
-        timeout_s=settings.redis_timeout_s,
+    connections = settings.issue_inflight_max + _EXTRA_REDIS_CONNECTIONS
+    timeout_s = settings.redis_timeout_s
+    ctx.redis = (
+        connect_cluster(settings.redis_cluster_nodes, max_connections=connections, timeout_s=timeout_s)
+        if settings.redis_cluster
+        else connect(settings.redis_url, max_connections=connections, timeout_s=timeout_s)
     )
-    ctx.events = EventStore(ctx.redis)
+    ctx.events = EventStore(
+        ctx.redis,
+        other_calls=_EXTRA_REDIS_CONNECTIONS,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
     try:
         await ctx.events.load_scripts()
         await ctx.events.warm(settings.issue_inflight_max)
@@ -128,8 +135,10 @@ async def _start_worker(app: App, settings: Settings) -> None:
         ctx.writer,
         ctx.directory,
         SoldOutFlags(settings.sold_out_cache_s, lambda: ctx.board.epoch),
-        CircuitBreaker(
-            failures_to_open=settings.redis_breaker_failures, open_s=settings.redis_breaker_open_ms / 1000
+        partial(
+            CircuitBreaker,
+            failures_to_open=settings.redis_breaker_failures,
+            open_s=settings.redis_breaker_open_ms / 1000,
         ),
         max_batch=settings.issue_batch_max,
         max_inflight=settings.issue_inflight_max,

@@ -46,6 +46,10 @@ class CircuitBreaker:
         self._open_until = None
         self._probing = False
 
+    def abandon(self) -> None:
+        """The call allowed did not reach a verdict (cancelled): another probe may go."""
+        self._probing = False
+
     def record_failure(self) -> None:
         self._failures += 1
         if self._probing or self._failures >= self._failures_to_open:

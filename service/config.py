@@ -23,6 +23,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
+    # Seeds of a Redis Cluster ((host, port), ...); when set, REDIS_URL is not used.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
+    # Replicas that must acknowledge a batch's decisions (WAIT) before its answers leave.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 50
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str = ""
     host: str = "127.0.0.1"
@@ -62,8 +67,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
+        cluster_nodes = env.addresses("REDIS_CLUSTER_NODES")
+        if cluster_nodes and env.text("REDIS_URL", ""):
+            raise ConfigError("REDIS_CLUSTER_NODES", "set REDIS_URL or REDIS_CLUSTER_NODES, not both")
         return cls(
             redis_url=env.url("REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            redis_cluster_nodes=cluster_nodes,
+            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, 0, 16),
+            redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", 50, 1, 60_000),
             database_url=env.url("DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
             admin_token=env.admin_token("ADMIN_TOKEN"),
             host=env.text("HOST", "127.0.0.1"),
@@ -98,12 +109,19 @@ class Settings:
             raise ConfigError("FLUSH_BATCH_ROWS", "must not exceed BUFFER_MAX_ROWS")
         if self.issue_batch_max > self.buffer_max_rows:
             raise ConfigError("ISSUE_BATCH_MAX", "must not exceed BUFFER_MAX_ROWS")
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_ms:
+            # WAIT blocks the connection: past the command timeout the batch would fail anyway.
+            raise ConfigError("REDIS_WAIT_TIMEOUT_MS", "must be below REDIS_TIMEOUT_MS")
         if self.auth_jwt_secret and self.auth_jwt_public_key:
             raise ConfigError("AUTH_JWT_SECRET", "set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY, not both")
 
     def __repr__(self) -> str:
         # The admin token never reaches a log line, even through a repr.
         return f"Settings(host={self.host!r}, port={self.port}, workers={self.workers})"
+
+    @property
+    def redis_cluster(self) -> bool:
+        return bool(self.redis_cluster_nodes)
 
     @property
     def redis_timeout_s(self) -> float:
@@ -172,6 +190,19 @@ class _Env:
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+    def addresses(self, name: str) -> tuple[tuple[str, int], ...]:
+        """Comma-separated host:port pairs; empty when unset."""
+        raw = self._raw(name)
+        if raw is None:
+            return ()
+        found = []
+        for item in (part.strip() for part in raw.split(",")):
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ConfigError(name, f"expected host:port[,host:port...], got {item!r}")
+            found.append((host.strip("[]"), int(port)))
+        return tuple(found)
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         raw = self._raw(name) or default

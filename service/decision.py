@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 
 from lua import source
 
 from .keys import event_keys
 
+logger = logging.getLogger(__name__)
+
 _MERGE_CHUNK = 5000
+
+Client = Redis | RedisCluster
 
 
 class Outcome(enum.IntEnum):
@@ -57,6 +64,39 @@ class RedisEventState:
     records: int
 
 
+class NotReplicated(RedisError):
+    """Redis decided the batch, but fewer replicas than asked confirmed it in time.
+
+    Its users are answered 503; the decisions stay on the primary, where reconcile finds
+    and stores them if it survives, and go with it if it does not: no 201 rests on them.
+    """
+
+    def __init__(self, acknowledged: int, wanted: int, reply: list[int]) -> None:
+        super().__init__(f"{acknowledged} of {wanted} replicas confirmed the batch")
+        self.reply = reply
+
+
+def connect_cluster(
+    seeds: Sequence[tuple[str, int]], *, max_connections: int, timeout_s: float
+) -> RedisCluster:
+    """A Redis Cluster client: each event's keys share a hash tag, so each decision goes
+    to the one primary serving the event's slot."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+        # Per node. The pool does not wait for a free connection: the coalescer bounds the
+        # issue path's calls, EventStore bounds the rest.
+        max_connections=max_connections,
+        # No retries, as for one Redis: MOVED and ASK are still followed (nothing ran), a
+        # failed node costs a 503 and a refresh of the slot map before the next command.
+        retry=Retry(NoBackoff(), 0),
+        # Shards whose primary is up keep serving while another shard fails over.
+        require_full_coverage=False,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        decode_responses=True,
+    )
+
+
 def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     # A blocking pool waits for a free connection instead of raising "Too many connections"
     # when thousands of requests are in flight; the wait and every command are bounded (I5).
@@ -77,13 +117,29 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
 class EventStore:
     """Event state in Redis: decide issues, hold and rebuild events, read records."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        *,
+        other_calls: int = 8,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 50,
+    ) -> None:
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
+        # Calls outside the issue path (reads, admin): at most this many at once per worker,
+        # so a burst of reads cannot exhaust a cluster node's non-blocking pool.
+        self._others = asyncio.Semaphore(other_calls)
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._refreshing: asyncio.Task[None] | None = None
         self._issue = redis.register_script(source("issue"))
         self._hold = redis.register_script(source("hold"))
         self._finish_sync = redis.register_script(source("finish_sync"))
 
     async def load_scripts(self) -> None:
+        # On a cluster SCRIPT LOAD goes to every primary; a promoted replica lacks them
+        # (NOSCRIPT), which _run answers with EVAL.
         for script in (self._issue, self._hold, self._finish_sync):
             script.sha = await self.redis.script_load(script.script)
 
@@ -91,6 +147,11 @@ class EventStore:
         """Open ``connections`` pooled connections now, at start: a connection opened during
         a burst pays its handshake's round trips on a loaded event loop, and a batch waiting
         on it can miss its deadline (503s that issued nothing, but 503s)."""
+        if isinstance(self.redis, RedisCluster):
+            await asyncio.gather(
+                *(self.redis.ping(target_nodes=RedisCluster.PRIMARIES) for _ in range(connections))
+            )
+            return
         pool = self.redis.connection_pool
         opened = await asyncio.gather(*(pool.get_connection() for _ in range(connections)))  # type: ignore[no-untyped-call]
         for connection in opened:
@@ -107,17 +168,93 @@ class EventStore:
             # The cache was flushed (SCRIPT FLUSH, a restart, a failover). EVAL carries the
             # source and caches it again, so this answer cannot hit a second flush.
             return await self.redis.eval(str(script.script), len(keys), *keys, *args)
+        except RuntimeError as exc:
+            raise self._closed_transport(exc) from exc
+
+    def _closed_transport(self, exc: RuntimeError) -> RedisConnectionError:
+        # uvloop raises RuntimeError, not a connection error, when redis-py writes to a
+        # connection whose peer just died (seen when a cluster primary is killed).
+        self.refresh_topology()
+        return RedisConnectionError(f"connection lost: {exc}")
+
+    def shard(self, event_id: int) -> str:
+        """The Redis the event's decisions go to now: one name for one Redis, the primary
+        serving the event's slot on a cluster (a circuit breaker is kept per shard)."""
+        if not isinstance(self.redis, RedisCluster):
+            return "redis"
+        try:
+            node = self.redis.get_node_from_key(event_keys(event_id).meta)
+        except RedisError:
+            node = None
+        return "uncovered" if node is None else str(node.name)
 
     async def decide(self, event_id: int, users: Sequence[str], deadline_us: int = 0) -> list[int]:
         """One atomic decision for a batch: [now_us, outcome per user].
 
         ``deadline_us`` (wall clock, µs): if Redis only gets to the batch after it, it issues
         nothing (every outcome EXPIRED), so a batch its caller gave up on cannot issue later.
+        With ``wait_replicas``, raises NotReplicated unless that many replicas confirm it.
         """
         keys = event_keys(event_id)
-        return await self._run(  # type: ignore[no-any-return]
-            self._issue, [keys.meta, keys.seq, keys.users], [deadline_us, *users]
-        )
+        script_keys = [keys.meta, keys.seq, keys.users]
+        args: list[str | int] = [deadline_us, *users]
+        if self._wait_replicas:
+            return await self._run_replicated(script_keys, args)
+        return await self._run(self._issue, script_keys, args)  # type: ignore[no-any-return]
+
+    async def _run_replicated(self, keys: list[str], args: list[str | int]) -> list[int]:
+        """The script and WAIT in one pipeline on one connection: WAIT counts the replicas
+        that have this connection's last write."""
+        try:
+            reply, acknowledged = await self._pipeline_wait("EVALSHA", str(self._issue.sha), keys, args)
+            if isinstance(reply, NoScriptError):
+                reply, acknowledged = await self._pipeline_wait("EVAL", str(self._issue.script), keys, args)
+        except RedisError:
+            self.refresh_topology()
+            raise
+        except RuntimeError as exc:
+            raise self._closed_transport(exc) from exc
+        for result in (reply, acknowledged):
+            if isinstance(result, Exception):
+                self.refresh_topology()
+                raise result
+        if int(acknowledged) < self._wait_replicas:
+            raise NotReplicated(int(acknowledged), self._wait_replicas, reply)
+        return reply  # type: ignore[no-any-return]
+
+    async def _pipeline_wait(
+        self, command: str, script: str, keys: list[str], args: list[str | int]
+    ) -> tuple[Any, Any]:
+        wait = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        if isinstance(self.redis, RedisCluster):
+            # Both commands to the node the slot map names; a MOVED is an error, not a
+            # redirect (followed alone, the script would leave WAIT on the old node).
+            node = self.redis.get_node_from_key(keys[0])
+            cluster_pipe = self.redis.pipeline()
+            cluster_pipe.execute_command(command, script, len(keys), *keys, *args, target_nodes=node)
+            cluster_pipe.execute_command(*wait, target_nodes=node)
+            reply, acknowledged = await cluster_pipe.execute(raise_on_error=False, allow_redirections=False)
+            return reply, acknowledged
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+            pipe.execute_command(*wait)
+            reply, acknowledged = await pipe.execute(raise_on_error=False)
+            return reply, acknowledged
+
+    def refresh_topology(self) -> None:
+        """Re-read the cluster's slot map in the background, once at a time (after a failed
+        node or a MOVED on a path that does not follow redirects)."""
+        if not isinstance(self.redis, RedisCluster):
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh(self.redis))
+
+    @staticmethod
+    async def _refresh(cluster: RedisCluster) -> None:
+        try:
+            await cluster.nodes_manager.initialize()
+        except RedisError as exc:
+            logger.warning("cluster slot map not refreshed: %s", type(exc).__name__)
 
     async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
         keys = event_keys(event_id)
@@ -151,7 +288,7 @@ class EventStore:
 
     async def state(self, event_id: int) -> RedisEventState:
         keys = event_keys(event_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self._others, self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.meta, "status", "quantity", "starts_at", "ends_at")
             pipe.get(keys.seq)
             pipe.hlen(keys.users)
@@ -166,7 +303,8 @@ class EventStore:
         )
 
     async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
-        value = await self.redis.hget(event_keys(event_id).users, user_id)
+        async with self._others:
+            value = await self.redis.hget(event_keys(event_id).users, user_id)
         return None if value is None else parse_record(str(value))
 
     async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:

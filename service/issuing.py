@@ -13,7 +13,7 @@ from batcher import Buffer, BufferFull, IssueRecord, Writer
 from . import metrics
 from .breaker import CircuitBreaker
 from .coalescer import Coalescer
-from .decision import EventStore, Outcome
+from .decision import EventStore, NotReplicated, Outcome
 from .directory import EventDirectory
 from .errors import (
     AlreadyIssued,
@@ -75,7 +75,7 @@ class Issuer:
         writer: Writer,
         directory: EventDirectory,
         sold_out: SoldOutFlags,
-        breaker: CircuitBreaker,
+        breaker: Callable[[], CircuitBreaker],
         *,
         max_batch: int,
         max_inflight: int,
@@ -86,7 +86,10 @@ class Issuer:
         self._writer = writer
         self._directory = directory
         self._sold_out = sold_out
-        self.breaker = breaker
+        # One circuit per shard (one Redis, or one cluster primary): a failed primary costs
+        # its own events fast 503s and leaves the other shards' events alone.
+        self._new_breaker = breaker
+        self.breakers: dict[str, CircuitBreaker] = {}
         self._decide_within_us = int(decide_within_s * 1_000_000)
         self.coalescer: Coalescer[tuple[int, str]] = Coalescer(
             self._decide, max_batch=max_batch, max_inflight=max_inflight
@@ -109,6 +112,14 @@ class Issuer:
             self._buffer.reserve(len(users))
         except BufferFull:
             raise Unavailable("too many issues are waiting to be stored; retry shortly") from None
+        shard = self._events.shard(event_id)
+        breaker = self.breakers.get(shard)
+        if breaker is None:
+            breaker = self.breakers[shard] = self._new_breaker()
+        if not breaker.allow():
+            self._buffer.release(len(users))
+            metrics.breaker_rejections.inc()
+            raise Unavailable()
         try:
             # The client's own timeout starts only once the batch is sent (after this line,
             # and after any event-loop lag), so Redis reaching the batch later than this
@@ -118,14 +129,25 @@ class Issuer:
             reply = await self._events.decide(event_id, users, deadline_us)
             metrics.decide_duration.observe(time.perf_counter() - started)
             metrics.decide_batch.observe(len(users))
+        except NotReplicated as exc:
+            # Decided, not confirmed: no 201 may rest on it (the primary could lose it).
+            # The issues stay on the primary; reconcile stores them if it survives.
+            self._buffer.release(len(users))
+            breaker.record_success()
+            metrics.decide_unreplicated.inc()
+            logger.warning("issue batch for event %d not replicated in time: %s", event_id, exc)
+            raise Unavailable("the issue could not be confirmed; retry shortly") from exc
         except (TimeoutError, RedisError, OSError) as exc:
             self._buffer.release(len(users))
+            breaker.record_failure()
             metrics.decide_failures.inc()
             logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)
             raise Unavailable() from exc
         except BaseException:
             self._buffer.release(len(users))
+            breaker.abandon()  # cancelled: no verdict on Redis
             raise
+        breaker.record_success()
         issued_at_us, outcomes = reply[0], reply[1:]
         self._buffer.commit(
             (

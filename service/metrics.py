@@ -69,6 +69,13 @@ decide_batch = Histogram(
     "coupon_redis_decide_batch_size", "Requests decided by one Lua call", buckets=_BATCH_BUCKETS
 )
 decide_failures = Counter("coupon_redis_decide_failures", "Batched decisions that failed (503)")
+decide_unreplicated = Counter(
+    "coupon_redis_unreplicated_batches",
+    "Batches decided but not confirmed by REDIS_WAIT_REPLICAS replicas in time (answered 503)",
+)
+breaker_rejections = Counter(
+    "coupon_redis_breaker_rejections", "Batches answered 503 without Redis: the shard's circuit was open"
+)
 buffer_rows = Gauge(
     "coupon_buffer_rows", "Issues answered and not yet stored in PostgreSQL", multiprocess_mode="livesum"
 )

@@ -41,6 +41,10 @@ def test_values_are_read_and_converted() -> None:
         ("DATABASE_URL", "mysql://root@127.0.0.1/coupons"),
         ("DATABASE_URL", "postgresql://127.0.0.1:notaport/coupons"),
         ("LOG_LEVEL", "LOUD"),
+        ("REDIS_CLUSTER_NODES", "127.0.0.1"),
+        ("REDIS_CLUSTER_NODES", "127.0.0.1:7000,:7001"),
+        ("REDIS_CLUSTER_NODES", "127.0.0.1:99999"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
     ],
 )
 def test_a_malformed_value_names_its_variable(name: str, value: str) -> None:
@@ -60,6 +64,21 @@ def test_the_admin_token_is_required_and_long_enough() -> None:
 def test_settings_that_contradict_each_other_are_refused() -> None:
     with pytest.raises(ConfigError, match="FLUSH_BATCH_ROWS"):
         Settings.from_env({**TOKEN, "FLUSH_BATCH_ROWS": "500", "BUFFER_MAX_ROWS": "100"})
+
+
+def test_cluster_seeds_are_read_and_exclude_a_redis_url() -> None:
+    settings = Settings.from_env({**TOKEN, "REDIS_CLUSTER_NODES": "10.0.0.1:7000, redis-b:7001"})
+    assert settings.redis_cluster and settings.redis_cluster_nodes == (("10.0.0.1", 7000), ("redis-b", 7001))
+    assert not Settings.from_env(TOKEN).redis_cluster
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER_NODES: set REDIS_URL or REDIS_CLUSTER_NODES"):
+        Settings.from_env({**TOKEN, "REDIS_CLUSTER_NODES": "h:7000", "REDIS_URL": "redis://h:6379/0"})
+
+
+def test_the_replica_wait_must_fit_in_the_redis_timeout() -> None:
+    settings = Settings.from_env({**TOKEN, "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "100"})
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == (1, 100)
+    with pytest.raises(ConfigError, match="REDIS_WAIT_TIMEOUT_MS"):
+        Settings.from_env({**TOKEN, "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "500"})
 
 
 def test_the_token_never_shows_in_a_repr() -> None:
