@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test lint tools deploy-test bench stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
+.PHONY: run test lint tools deploy-test bench bench-cluster stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -72,6 +72,10 @@ bench: setup db
 # Rising open-model rates (STRESS_RATES) to find the highest held with p99 <= P99_MS.
 stress: setup db
 	@bash loadtest/stress.sh
+
+# The issue route on 1 Redis Cluster primary vs 3 (and REDIS_WAIT_REPLICAS=1), same run.
+bench-cluster: setup db
+	$(BIN)/python -m loadtest.bench_cluster
 
 # 100,000 rows through the writer (FLUSH_BATCH_ROWS per flush), timed.
 bench-writer: setup db

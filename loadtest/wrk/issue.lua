@@ -1,5 +1,6 @@
 -- wrk script: POST /events/{EVENT_ID}/issue with a new user id on every request.
--- Usage: wrk -s loadtest/wrk/issue.lua URL/events/ID/issue -- RUN_TAG
+-- Usage: wrk -s loadtest/wrk/issue.lua URL/events/ID/issue -- RUN_TAG [ID,ID,...]
+-- With a list of event ids, the requests go round-robin over those events instead.
 -- Prints one JSON line at the end: requests, non-2xx answers, socket errors.
 local threads = {}
 local next_thread = 0
@@ -13,11 +14,19 @@ end
 function init(args)
   prefix = (args[1] or "bench") .. "-" .. thread_id .. "-"
   counter = 0
+  paths = {}
+  for id in string.gmatch(args[2] or "", "%d+") do
+    table.insert(paths, "/events/" .. id .. "/issue")
+  end
 end
 
 function request()
   counter = counter + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"},
+  local path = nil
+  if #paths > 0 then
+    path = paths[counter % #paths + 1]
+  end
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"},
     '{"user_id":"' .. prefix .. counter .. '"}')
 end
 
