@@ -69,10 +69,9 @@ class RedisClusterServer:
             self.nodes.append(node)
         for node in self.nodes:
             _wait_ping(node, timeout_s)
-        if self.primaries == 1 and self.replicas == 0:
-            # redis-cli refuses a one-node cluster; assign every slot by hand.
-            client = self.nodes[0].client()
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        if self.primaries == 1:
+            # redis-cli refuses a cluster of fewer than 3 primaries: assign by hand.
+            self._one_primary(timeout_s)
         else:
             subprocess.run(
                 [
@@ -91,6 +90,24 @@ class RedisClusterServer:
             )
         self.wait_healthy(timeout_s)
         return self
+
+    def _one_primary(self, timeout_s: float) -> None:
+        primary, *replicas = self.nodes
+        admin = primary.client()
+        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        primary_id = admin.execute_command("CLUSTER", "MYID")
+        for replica in replicas:
+            admin.execute_command("CLUSTER", "MEET", "127.0.0.1", replica.port)
+        deadline = time.monotonic() + timeout_s
+        for replica in replicas:
+            while True:
+                try:
+                    replica.client().execute_command("CLUSTER", "REPLICATE", primary_id)
+                    break
+                except redis.ResponseError:  # it has not heard of the primary yet
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
 
     def _spawn(self, node: Node) -> None:
         node.proc = subprocess.Popen(
