@@ -185,7 +185,6 @@ async def _promoted(cluster: RedisClusterServer, key: str, dead: int, timeout_s:
 async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_window(
     wait_replicas: str,
     cluster: RedisClusterServer,
-    cluster_client: RedisCluster,
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
     pg: asyncpg.Pool,
@@ -245,7 +244,7 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     # served again (docs/reliability.md). They are counted, never hidden; with
     # REDIS_WAIT_REPLICAS=1 there must be none, and every invariant holds everywhere.
     served = [a for a in answers if a.status == 201]
-    cluster_client = _client(cluster)  # seeded with the nodes alive now
+    cluster_client = _client(cluster)  # seeded with the nodes alive after the failover
     lost = {event_id: await _missing_on_replica(cluster_client, event_id, served) for event_id in events}
     print(f"REDIS_WAIT_REPLICAS={wait_replicas}: failover {promoted_after:.1f} s, 201s lost: {lost}")
     assert not any(lost[event_id] for event_id in events if event_id not in hit), lost
