@@ -152,8 +152,10 @@ async def _start_worker(app: App, settings: Settings) -> None:
         if multiplexer is not None
         else None
     )
-    ctx.sampler = asyncio.get_running_loop().create_task(metrics.sample_process(), name="sample-process")
-    ctx.reconciler = asyncio.get_running_loop().create_task(
+    loop = asyncio.get_running_loop()
+    ctx.sampler = loop.create_task(metrics.sample_process(), name="sample-process")
+    ctx.tally = loop.create_task(metrics.tally.flush_periodically(), name="metrics-tally")
+    ctx.reconciler = loop.create_task(
         run_periodically(
             ctx.pool,
             ctx.events,
@@ -168,7 +170,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
 async def _stop_worker(app: App, settings: Settings) -> None:
     """After in-flight requests are answered: store every buffered row, then close."""
     ctx = app.ctx
-    for task in (ctx.reconciler, ctx.supervisor, ctx.sampler, getattr(ctx, "closer", None)):
+    for task in (ctx.reconciler, ctx.supervisor, ctx.sampler, ctx.tally, getattr(ctx, "closer", None)):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,6 +181,7 @@ async def _stop_worker(app: App, settings: Settings) -> None:
     await ctx.redis.aclose()
     await ctx.writer_pool.close()
     await ctx.pool.close()
+    metrics.tally.flush()
     metrics.mark_dead(os.getpid())
 
 

@@ -52,7 +52,7 @@ def answered(request: Request, response: HTTPResponse, error_code: str | None = 
     child = _http_children.get((route, status))
     if child is None:
         child = _http_children[route, status] = metrics.http_requests.labels(route, str(status))
-    child.inc()
+    metrics.tally.inc(child)
     if route == _ISSUE_ROUTE:
         metrics.count_issue(status, error_code, elapsed)
     response.headers[logs.HEADER] = logs.request_id(request)

@@ -127,8 +127,8 @@ class Issuer:
             deadline_us = time.time_ns() // 1000 + self._decide_within_us
             started = time.perf_counter()
             reply = await self._events.decide(event_id, users, deadline_us)
-            metrics.decide_duration.observe(time.perf_counter() - started)
-            metrics.decide_batch.observe(len(users))
+            metrics.tally.observe(metrics.decide_duration, time.perf_counter() - started)
+            metrics.tally.observe(metrics.decide_batch, len(users))
         except NotReplicated as exc:
             # Decided, not confirmed: no 201 may rest on it (the primary could lose it).
             # The issues stay on the primary; reconcile stores them if it survives.

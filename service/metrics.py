@@ -14,6 +14,7 @@ gauges the ids of at most ``MAX_EVENTS`` open events.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import gc
@@ -31,10 +32,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.values import MultiProcessValue, MutexValue
 
 from .errors import ServiceError
 
@@ -48,6 +51,25 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _cache_process_id() -> None:
+    """Multiprocess samples are filed by process id, which prometheus-client reads with
+    ``os.getpid()`` on every increment: a system call, several per request (py-spy put it
+    at 7% of a worker's time under ``make bench``). The id is read once here and again
+    after a fork, which is the only way it changes."""
+    pid = os.getpid()
+
+    def after_fork() -> None:
+        nonlocal pid
+        pid = os.getpid()
+
+    os.register_at_fork(after_in_child=after_fork)
+    if values.ValueClass is not MutexValue:  # multiprocess mode: chosen before any metric
+        values.ValueClass = MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
+
+
+_cache_process_id()
 
 OUTCOMES = ("issued", "already_issued", "sold_out", "not_open", "unavailable", "invalid", "error")
 
@@ -93,6 +115,52 @@ lifecycle_operations = Counter(
     "Admin lifecycle operations (open, close, sync), by result",
     ["operation", "result"],
 )
+
+
+class Tally:
+    """The hot path's samples, summed in this worker's memory and written to the shared
+    files every ``FLUSH_S`` (and before this worker serves a scrape or stops).
+
+    A multiprocess sample costs a lock and a write to a memory-mapped file per increment,
+    about 0.65 µs for a counter and 1.4 µs for a histogram (two writes and a bucket
+    search); an issue answer made four of them. Here an increment is a dict update, and a
+    scrape sees other workers' counts at most ``FLUSH_S`` late. Reaches into the
+    histogram's bucket and sum values (prometheus-client 0.2x), which
+    tests/unit/test_metrics.py checks against ``Histogram.observe``.
+    """
+
+    FLUSH_S = 0.25
+
+    def __init__(self) -> None:
+        self._pending: dict[object, float] = {}
+
+    def inc(self, counter: Counter, amount: float = 1.0) -> None:
+        key = counter._value
+        pending = self._pending
+        pending[key] = pending.get(key, 0.0) + amount
+
+    def observe(self, histogram: Histogram, amount: float) -> None:
+        pending = self._pending
+        bucket = histogram._buckets[bisect.bisect_left(histogram._upper_bounds, amount)]
+        pending[bucket] = pending.get(bucket, 0.0) + 1.0
+        total = histogram._sum
+        pending[total] = pending.get(total, 0.0) + amount
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for value, amount in pending.items():
+            value.inc(amount)  # type: ignore[attr-defined]
+
+    async def flush_periodically(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.FLUSH_S)
+                self.flush()
+        finally:
+            self.flush()
+
+
+tally = Tally()
 _issue_outcome = {outcome: issue_requests.labels(outcome) for outcome in OUTCOMES}
 # An issue answer's error code -> its outcome; any other 4xx is "invalid".
 _OUTCOME_OF_CODE = {
@@ -117,8 +185,8 @@ def issue_outcome(status: int, code: str | None) -> str:
 
 
 def count_issue(status: int, code: str | None, seconds: float) -> None:
-    _issue_outcome[issue_outcome(status, code)].inc()
-    issue_duration.observe(seconds)
+    tally.inc(_issue_outcome[issue_outcome(status, code)])
+    tally.observe(issue_duration, seconds)
 
 
 @contextlib.contextmanager
@@ -207,6 +275,7 @@ def exposition(extra: list[Metric]) -> bytes:
         from prometheus_client import REGISTRY
 
         registry = REGISTRY
+    tally.flush()
     snapshot = _Snapshot(extra)
     registry.register(snapshot)
     try:

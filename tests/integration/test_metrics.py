@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -11,6 +13,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from service import metrics
 from tests.support.api import Api, burst
 from tests.support.invariants import wait_stored
 from tests.support.servers import ServiceProcess
@@ -41,10 +44,18 @@ async def test_counters_summed_over_workers_equal_the_answers_served(
     assert statuses[201] == quantity and statuses[400] == 5 and statuses[404] == 3, statuses
     await wait_stored(pg, redis, event_id)
 
-    async with http.get(service.url + "/metrics") as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        samples = _samples(await response.text())
+    # Each worker writes its hot-path samples every Tally.FLUSH_S: scrape until the last
+    # answer is in (bounded), then every figure must match exactly.
+    deadline = time.monotonic() + 10 * metrics.Tally.FLUSH_S
+    while True:
+        async with http.get(service.url + "/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            samples = _samples(await response.text())
+        counted = samples.get(("coupon_issue_duration_seconds_count", ()), 0.0)
+        if counted >= len(replies) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(metrics.Tally.FLUSH_S / 2)
 
     def value(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
