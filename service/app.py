@@ -178,6 +178,7 @@ async def _stop_worker(app: App, settings: Settings) -> None:
     await ctx.issuer.coalescer.close()
     await ctx.writer.close(settings.graceful_timeout_s)
     ctx.board.release()
+    await ctx.events.close()
     await ctx.redis.aclose()
     await ctx.writer_pool.close()
     await ctx.pool.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -114,6 +115,13 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     return Redis(connection_pool=pool)
 
 
+def _closed_by_peer(connection: AbstractConnection) -> bool:
+    """The event loop already saw the peer close this connection (no system call: the
+    pool's own check reads the socket)."""
+    reader = getattr(connection, "_reader", None)
+    return reader is not None and reader.at_eof()
+
+
 class EventStore:
     """Event state in Redis: decide issues, hold and rebuild events, read records."""
 
@@ -133,6 +141,10 @@ class EventStore:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._refreshing: asyncio.Task[None] | None = None
+        # Idle connections kept for issue decisions on one Redis (see _decide_on_lane).
+        self._lane: list[AbstractConnection] = []
+        self._lane_size = 0
+        self._lane_timeout_s: float | None = None
         self._issue = redis.register_script(source("issue"))
         self._hold = redis.register_script(source("hold"))
         self._finish_sync = redis.register_script(source("finish_sync"))
@@ -156,6 +168,25 @@ class EventStore:
         opened = await asyncio.gather(*(pool.get_connection() for _ in range(connections)))  # type: ignore[no-untyped-call]
         for connection in opened:
             await pool.release(connection)
+        # The issue lane: one connection per decision the coalescer lets run at once.
+        self._lane_size = connections
+        for _ in range(connections - len(self._lane)):
+            connection = self._new_lane_connection()
+            await connection.connect()  # type: ignore[no-untyped-call]
+            self._lane.append(connection)
+
+    def _new_lane_connection(self) -> AbstractConnection:
+        assert isinstance(self.redis, Redis)
+        pool = self.redis.connection_pool
+        # No per-socket-operation timeout: _decide_on_lane bounds the whole call once, where
+        # redis-py would wrap every send in asyncio.wait_for (a task per call).
+        self._lane_timeout_s = pool.connection_kwargs.get("socket_timeout")
+        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
+    async def close(self) -> None:
+        lane, self._lane, self._lane_size = self._lane, [], 0
+        for connection in lane:
+            await connection.disconnect()
 
     async def scripts_loaded(self) -> bool:
         shas = [s.sha for s in (self._issue, self._hold, self._finish_sync)]
@@ -202,7 +233,41 @@ class EventStore:
             return await self._run_replicated(script_keys, args)
         if isinstance(self.redis, RedisCluster):
             return await self._run_on_node(self.redis, script_keys, args)
-        return await self._run(self._issue, script_keys, args)  # type: ignore[no-any-return]
+        return await self._decide_on_lane(script_keys, args)
+
+    async def _decide_on_lane(self, keys: list[str], args: list[str | int]) -> list[int]:
+        """The script on a connection of the issue lane, outside the client's pool.
+
+        The coalescer runs at most ``issue_inflight_max`` decisions at once, so a small list
+        of idle connections serves them; redis-py's pool and command wrappers cost more CPU
+        per decision than sending it (py-spy, make bench). Same bounds as the pool: the call
+        (connect, send and reply) within REDIS_TIMEOUT_MS, no retry. A connection that
+        failed, timed out or was cancelled mid-reply is closed and never reused.
+        """
+        lane = self._lane
+        connection = lane.pop() if lane else self._new_lane_connection()
+        if _closed_by_peer(connection):
+            # Redis restarted or dropped it while idle: reconnect rather than fail a batch.
+            await connection.disconnect(nowait=True)
+        try:
+            async with asyncio.timeout(self._lane_timeout_s):
+                try:
+                    await connection.send_command("EVALSHA", str(self._issue.sha), len(keys), *keys, *args)
+                    reply = await connection.read_response()
+                except NoScriptError:
+                    await connection.send_command("EVAL", str(self._issue.script), len(keys), *keys, *args)
+                    reply = await connection.read_response()
+        except RuntimeError as exc:
+            await connection.disconnect(nowait=True)
+            raise self._closed_transport(exc) from exc
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        if len(lane) < self._lane_size:
+            lane.append(connection)
+        else:
+            await connection.disconnect()
+        return reply  # type: ignore[no-any-return]
 
     async def _run_on_node(self, cluster: RedisCluster, keys: list[str], args: list[str | int]) -> list[int]:
         """The script straight to the primary the slot map names: the cluster client's own

@@ -7,10 +7,11 @@ messages name events and counts only, and the access log names the route, not th
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import sys
-import uuid
 
 from pythonjsonlogger.json import JsonFormatter
 from sanic import Request
@@ -22,11 +23,31 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 access = logging.getLogger("coupon.access")
 
 
+class _Ids:
+    """Fresh request ids: a random per-process prefix and a counter. Unique across workers
+    and restarts like a UUID, at a tenth of uuid4's cost (which reads the kernel's random
+    source once per request)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_ids = _Ids()
+
+
 def request_id(request: Request) -> str:
     rid: str | None = getattr(request.ctx, "request_id", None)
     if rid is None:
         supplied = request.headers.get(HEADER)
-        rid = supplied if supplied and _TOKEN.fullmatch(supplied) else uuid.uuid4().hex
+        rid = supplied if supplied and _TOKEN.fullmatch(supplied) else _ids.next()
         request.ctx.request_id = rid
     return rid
 
