@@ -33,12 +33,17 @@ async def reconcile_all(
     *,
     issued_before_us: int,
     settled: dict[int, int] | None = None,
+    checked: dict[int, int] | None = None,
+    read_all: bool = False,
 ) -> int | None:
     """Reconcile every live event; None if another worker holds the lock.
 
     ``settled`` remembers, per event, the Redis record count at which it was last found
     consistent, so an event nobody issued from since costs one Redis read, not a count
-    over its rows in PostgreSQL.
+    over its rows in PostgreSQL. ``checked`` (periodic passes) remembers the last ordinal
+    each event had at the previous pass: an event mid-sale is then checked by one count up
+    to it (``Lifecycle.reconcile``); an event first seen gets that check a pass later.
+    ``read_all`` skips that check for this pass (and still fills ``checked``).
     """
     settled = {} if settled is None else settled
     # A short lock, renewed per event: a worker killed while holding it blocks the
@@ -51,16 +56,22 @@ async def reconcile_all(
         live = await store.live_event_ids(pool)
         for event_id in live:
             result = await lifecycle.reconcile(
-                event_id, issued_before_us=issued_before_us, settled_records=settled.get(event_id)
+                event_id,
+                issued_before_us=issued_before_us,
+                settled_records=settled.get(event_id),
+                checked_through=None if checked is None or read_all else checked.get(event_id, 0),
             )
             if result.consistent:
                 settled[event_id] = result.records
             else:
                 settled.pop(event_id, None)
+            if checked is not None:
+                checked[event_id] = result.issued
             written += result.written
             await lock.reacquire()
-        for gone in set(settled) - set(live):
-            del settled[gone]
+        for remembered in (settled, checked or {}):
+            for gone in set(remembered) - set(live):
+                del remembered[gone]
         return written
     finally:
         try:
@@ -84,6 +95,7 @@ async def run_periodically(
     started = False
     started_at_us = _now_us()
     settled: dict[int, int] = {}
+    checked: dict[int, int] = {}
     while True:
         try:
             written = await reconcile_all(
@@ -92,6 +104,9 @@ async def run_periodically(
                 lifecycle,
                 issued_before_us=_now_us() - int(min_age_s * 1e6) if started else started_at_us,
                 settled=settled,
+                checked=checked,
+                # The first pass reads everything: a killed predecessor's rows go in at once.
+                read_all=not started,
             )
         except (TimeoutError, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)

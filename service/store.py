@@ -111,6 +111,13 @@ async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
     return await pool.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)  # type: ignore[no-any-return]
 
 
+async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -> int:
+    """Stored issues of the event with ordinals 1..``ordinal`` (an index-only count)."""
+    return await pool.fetchval(  # type: ignore[no-any-return]
+        "SELECT count(*) FROM coupon_issues WHERE event_id = $1 AND ordinal <= $2", event_id, ordinal
+    )
+
+
 async def issue(pool: asyncpg.Pool, event_id: int, user_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         "SELECT ordinal, issued_at FROM coupon_issues WHERE event_id = $1 AND user_id = $2",

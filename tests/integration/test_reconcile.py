@@ -75,3 +75,42 @@ async def test_records_younger_than_the_bound_are_left_to_their_writer(
 
     await _pass(pg, events, lifecycle, issued_before_us=long_ago_us, settled=settled)
     assert await _rows(pg, event_id) == 0 and event_id not in settled
+
+
+async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catch_a_loss(
+    pg: asyncpg.Pool, redis: Redis
+) -> None:
+    events = EventStore(redis)
+    lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
+    event_id = await _open_event(pg, lifecycle, 100)
+    settled: dict[int, int] = {}
+    checked: dict[int, int] = {}
+    old_enough_us = time.time_ns() // 1000 + 60_000_000  # every record counts as old here
+
+    # A first periodic sighting of an event with unstored records writes nothing: they may
+    # still sit in a live writer's buffer. The pass remembers the last ordinal (5).
+    await events.decide(event_id, [f"p{n}" for n in range(5)])
+    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    assert await _rows(pg, event_id) == 0 and checked[event_id] == 5 and event_id not in settled
+
+    # The next pass counts ordinals 1..5 only: all missing, so it reads the records and
+    # stores every old one, including the younger 6..8 (here all older than the bound).
+    await events.decide(event_id, ["p5", "p6", "p7"])
+    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    assert await _rows(pg, event_id) == 8 and checked[event_id] == 8 and settled[event_id] == 8
+
+    # Ordinals 1..8 stored, 9 and 10 not (yet): one count, nothing read, nothing written.
+    await events.decide(event_id, ["p8", "p9"])
+    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    assert await _rows(pg, event_id) == 8 and checked[event_id] == 10 and event_id not in settled
+
+    # A pass later 9 and 10 are a pass old and still missing: a loss, and it is written.
+    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    assert await _rows(pg, event_id) == 10 and settled[event_id] == 10
+
+    # read_all (a worker's first pass) writes at once, without waiting a pass.
+    await events.decide(event_id, ["p10"])
+    await _pass(
+        pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked, read_all=True
+    )
+    assert await _rows(pg, event_id) == 11 and checked[event_id] == 11
