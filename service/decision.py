@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -240,7 +241,8 @@ class EventStore:
 
         The coalescer runs at most ``issue_inflight_max`` decisions at once, so a small list
         of idle connections serves them; redis-py's pool and command wrappers cost more CPU
-        per decision than sending it (py-spy, make bench). Same bounds as the pool: the call
+        per decision than sending it (py-spy, make bench); hiredis packs the command in C.
+        Same bounds as the pool: the call
         (connect, send and reply) within REDIS_TIMEOUT_MS, no retry. A connection that
         failed, timed out or was cancelled mid-reply is closed and never reused.
         """
@@ -252,7 +254,10 @@ class EventStore:
         try:
             async with asyncio.timeout(self._lane_timeout_s):
                 try:
-                    await connection.send_command("EVALSHA", str(self._issue.sha), len(keys), *keys, *args)
+                    await connection.send_packed_command(
+                        hiredis.pack_command(("EVALSHA", str(self._issue.sha), len(keys), *keys, *args)),  # type: ignore[arg-type]
+                        check_health=False,
+                    )
                     reply = await connection.read_response()
                 except NoScriptError:
                     await connection.send_command("EVAL", str(self._issue.script), len(keys), *keys, *args)
