@@ -113,6 +113,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
     except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
         logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
     ctx.buffer = Buffer(settings.buffer_max_rows, on_change=partial(_buffer_changed, ctx.board))
+    metrics.tally.gauge(metrics.buffer_rows, lambda: ctx.buffer.accepted - ctx.buffer.stored)
     ctx.writer_pool = await create_writer_pool(settings.database_url)
     ctx.writer = Writer(
         ctx.writer_pool,
@@ -188,7 +189,6 @@ async def _stop_worker(app: App, settings: Settings) -> None:
 
 def _buffer_changed(board: WorkerBoard, accepted: int, stored: int) -> None:
     board.publish(accepted, stored)
-    metrics.buffer_rows.set(accepted - stored)
 
 
 def _flushed(rows: int, seconds: float) -> None:

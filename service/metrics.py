@@ -21,7 +21,7 @@ import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -124,7 +124,8 @@ class Tally:
     A multiprocess sample costs a lock and a write to a memory-mapped file per increment,
     about 0.65 µs for a counter and 1.4 µs for a histogram (two writes and a bucket
     search); an issue answer made four of them. Here an increment is a dict update, and a
-    scrape sees other workers' counts at most ``FLUSH_S`` late. Reaches into the
+    scrape sees other workers' counts at most ``FLUSH_S`` late. Gauges registered with
+    ``gauge`` are read and set at each flush rather than on every change. Reaches into the
     histogram's bucket and sum values (prometheus-client 0.2x), which
     tests/unit/test_metrics.py checks against ``Histogram.observe``.
     """
@@ -133,6 +134,11 @@ class Tally:
 
     def __init__(self) -> None:
         self._pending: dict[object, float] = {}
+        self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+
+    def gauge(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Set ``gauge`` to ``read()`` at every flush (instead of on every change)."""
+        self._gauges.append((gauge, read))
 
     def inc(self, counter: Counter, amount: float = 1.0) -> None:
         key = counter._value
@@ -150,6 +156,8 @@ class Tally:
         pending, self._pending = self._pending, {}
         for value, amount in pending.items():
             value.inc(amount)  # type: ignore[attr-defined]
+        for gauge, read in self._gauges:
+            gauge.set(read())
 
     async def flush_periodically(self) -> None:
         try:
