@@ -44,14 +44,18 @@ local first = seq
 for i = 1, n do
   local user = ARGV[i + 1]
   -- Duplicate before stock, as the original: a served user hears 409 even when sold out.
-  if redis.call('HEXISTS', users_key, user) == 1 then
-    out[i + 1] = ALREADY_ISSUED
-  elseif seq >= quantity then
-    out[i + 1] = SOLD_OUT
-  else
+  if seq >= quantity then
+    if redis.call('HEXISTS', users_key, user) == 1 then
+      out[i + 1] = ALREADY_ISSUED
+    else
+      out[i + 1] = SOLD_OUT
+    end
+  -- In stock: one HSETNX both checks for a duplicate and records the issue.
+  elseif redis.call('HSETNX', users_key, user, string.format('%d', seq + 1) .. ':' .. issued_at) == 1 then
     seq = seq + 1
-    redis.call('HSET', users_key, user, string.format('%d', seq) .. ':' .. issued_at)
     out[i + 1] = seq
+  else
+    out[i + 1] = ALREADY_ISSUED
   end
 end
 if seq ~= first then
