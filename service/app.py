@@ -106,10 +106,11 @@ async def _start_worker(app: App, settings: Settings) -> None:
         other_calls=_EXTRA_REDIS_CONNECTIONS,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        issue_lane=settings.issue_inflight_max,
     )
     try:
         await ctx.events.load_scripts()
-        await ctx.events.warm(settings.issue_inflight_max)
+        await ctx.events.warm()
     except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
         logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
     ctx.buffer = Buffer(settings.buffer_max_rows, on_change=partial(_buffer_changed, ctx.board))

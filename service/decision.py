@@ -113,7 +113,7 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         socket_connect_timeout=timeout_s,
         decode_responses=True,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # closing the client closes its connections
 
 
 def _closed_by_peer(connection: AbstractConnection) -> bool:
@@ -133,6 +133,7 @@ class EventStore:
         other_calls: int = 8,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
+        issue_lane: int = 4,
     ) -> None:
         self.redis = redis
         self.cluster = isinstance(redis, RedisCluster)
@@ -142,9 +143,10 @@ class EventStore:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._refreshing: asyncio.Task[None] | None = None
-        # Idle connections kept for issue decisions on one Redis (see _decide_on_lane).
+        # Idle connections kept for issue decisions on one Redis (see _decide_on_lane): as
+        # many as decisions the coalescer runs at once, opened by warm() or on first use.
         self._lane: list[AbstractConnection] = []
-        self._lane_size = 0
+        self._lane_size = issue_lane
         self._lane_timeout_s: float | None = None
         self._issue = redis.register_script(source("issue"))
         self._hold = redis.register_script(source("hold"))
@@ -156,22 +158,17 @@ class EventStore:
         for script in (self._issue, self._hold, self._finish_sync):
             script.sha = await self.redis.script_load(script.script)
 
-    async def warm(self, connections: int) -> None:
-        """Open ``connections`` pooled connections now, at start: a connection opened during
-        a burst pays its handshake's round trips on a loaded event loop, and a batch waiting
-        on it can miss its deadline (503s that issued nothing, but 503s)."""
+    async def warm(self) -> None:
+        """Open the issue path's connections now, at start: a connection opened during a
+        burst pays its handshake's round trips on a loaded event loop, and a batch waiting
+        on it can miss its deadline (503s that issued nothing, but 503s). On one Redis that
+        is the issue lane; on a cluster, the pool of every primary."""
         if isinstance(self.redis, RedisCluster):
             await asyncio.gather(
-                *(self.redis.ping(target_nodes=RedisCluster.PRIMARIES) for _ in range(connections))
+                *(self.redis.ping(target_nodes=RedisCluster.PRIMARIES) for _ in range(self._lane_size))
             )
             return
-        pool = self.redis.connection_pool
-        opened = await asyncio.gather(*(pool.get_connection() for _ in range(connections)))  # type: ignore[no-untyped-call]
-        for connection in opened:
-            await pool.release(connection)
-        # The issue lane: one connection per decision the coalescer lets run at once.
-        self._lane_size = connections
-        for _ in range(connections - len(self._lane)):
+        for _ in range(self._lane_size - len(self._lane)):
             connection = self._new_lane_connection()
             await connection.connect()  # type: ignore[no-untyped-call]
             self._lane.append(connection)

@@ -19,6 +19,7 @@ async def events(redis: Redis) -> AsyncIterator[EventStore]:
     store = EventStore(redis)
     await store.load_scripts()
     yield store
+    await store.close()
 
 
 async def _now_us(redis: Redis) -> int:

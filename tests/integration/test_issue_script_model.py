@@ -99,6 +99,7 @@ async def _run(quantity: int, steps: list[tuple[str, list[str] | None]]) -> None
         assert sorted(model.issued.values()) == list(range(1, len(model.issued) + 1))
     finally:
         await redis.delete(keys.meta, keys.seq, keys.users)
+        await events.close()
         await redis.aclose()
 
 

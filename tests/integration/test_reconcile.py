@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from service.config import Settings
@@ -15,6 +17,13 @@ from service.reconcile import reconcile_all
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN
+
+
+@pytest.fixture
+async def events(redis: Redis) -> AsyncIterator[EventStore]:
+    store = EventStore(redis)
+    yield store
+    await store.close()
 
 
 async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> int:
@@ -43,9 +52,8 @@ async def _rows(pg: asyncpg.Pool, event_id: int) -> int:
 
 
 async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
-    pg: asyncpg.Pool, redis: Redis
+    pg: asyncpg.Pool, events: EventStore
 ) -> None:
-    events = EventStore(redis)
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     # Decided in Redis, never buffered anywhere: a worker that died before its flush.
@@ -64,9 +72,8 @@ async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
 
 
 async def test_records_younger_than_the_bound_are_left_to_their_writer(
-    pg: asyncpg.Pool, redis: Redis
+    pg: asyncpg.Pool, events: EventStore
 ) -> None:
-    events = EventStore(redis)
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     await events.decide(event_id, ["young"])
@@ -78,9 +85,8 @@ async def test_records_younger_than_the_bound_are_left_to_their_writer(
 
 
 async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catch_a_loss(
-    pg: asyncpg.Pool, redis: Redis
+    pg: asyncpg.Pool, events: EventStore
 ) -> None:
-    events = EventStore(redis)
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     settled: dict[int, int] = {}
