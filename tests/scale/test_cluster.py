@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from service import metrics
 from service.keys import event_keys
 from tests.support.api import Api, burst
 from tests.support.invariants import assert_invariants, wait_stored
@@ -270,7 +271,11 @@ async def _missing_on_replica(cluster_client: RedisCluster, event_id: int, serve
 
 
 async def _drained(service: ServiceProcess, timeout_s: float = 15.0) -> None:
-    """Until the service holds no unwritten rows (its buffer gauge reads 0)."""
+    """Until the service holds no unwritten rows (its buffer gauge reads 0).
+
+    Each worker sets the gauge every Tally.FLUSH_S: wait for one such update past the last
+    answer first, or a 0 from before it would end the wait early."""
+    await asyncio.sleep(2 * metrics.Tally.FLUSH_S)
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:
