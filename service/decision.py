@@ -239,9 +239,9 @@ class EventStore:
         The coalescer runs at most ``issue_inflight_max`` decisions at once, so a small list
         of idle connections serves them; redis-py's pool and command wrappers cost more CPU
         per decision than sending it (py-spy, make bench); hiredis packs the command in C.
-        Same bounds as the pool: the call
-        (connect, send and reply) within REDIS_TIMEOUT_MS, no retry. A connection that
-        failed, timed out or was cancelled mid-reply is closed and never reused.
+        Same bounds as the pool: the call (connect, send and reply) within
+        REDIS_TIMEOUT_MS, no retry. A connection that failed, timed out or was cancelled
+        mid-reply is closed and never reused.
         """
         lane = self._lane
         connection = lane.pop() if lane else self._new_lane_connection()
