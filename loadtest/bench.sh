@@ -27,6 +27,12 @@ URL="http://127.0.0.1:$PORT"
 TOKEN=${ADMIN_TOKEN:-bench-admin-token-0123456789}
 LOG=$(mktemp -t coupon-bench.XXXXXX.log)
 
+# A CPU-speed yardstick, taken before and after the rounds, so figures from different
+# machines (or a neighbour's busy minute) can be told apart: the ratio depends on how fast
+# the CPU runs Python relative to what a system call costs there.
+yardstick() { "$BIN/python" -m timeit -n 20000 -r 5 "sum(range(1000))" | sed 's/^.*: \([0-9.]*\) usec.*/\1/'; }
+before=$(yardstick)
+echo "bench: CPU yardstick, python -m timeit \"sum(range(1000))\": $before µs"
 echo "bench: starting coupon-service with $WORKERS workers on $URL (log: $LOG)"
 ADMIN_TOKEN=$TOKEN WORKERS=$WORKERS PORT=$PORT HOST=127.0.0.1 LOG_LEVEL=WARNING \
   "$BIN/coupon-service" >"$LOG" 2>&1 &
@@ -57,6 +63,7 @@ for round in $(seq 1 "$ROUNDS"); do
   health_rates="$health_rates $h"
   issue_rates="$issue_rates $i"
 done
+after=$(yardstick)
 health=$(echo $health_rates | median)
 issue=$(echo $issue_rates | median)
 
@@ -75,6 +82,6 @@ stored=$(echo "$stats" | "$BIN/python" -c 'import json,sys; print(json.load(sys.
 COUPON_URL=$URL ADMIN_TOKEN=$TOKEN "$BIN/couponctl" close "$event" >/dev/null
 ratio=$("$BIN/python" -c "print(f'{$issue / $health:.2f}')")
 echo "bench: issued in Redis $issued, rows stored $stored"
-printf 'bench: %s, %s workers, wrk -t%s -c%s, median of %s x %s: /health %.0f req/s, /issue %.0f req/s, ratio %s\n' \
-  "$(date -u +%F)" "$WORKERS" "$THREADS" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$health" "$issue" "$ratio"
+printf 'bench: %s, %s workers, wrk -t%s -c%s, median of %s x %s: /health %.0f req/s, /issue %.0f req/s, ratio %s (yardstick %s/%s µs)\n' \
+  "$(date -u +%F)" "$WORKERS" "$THREADS" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$health" "$issue" "$ratio" "$before" "$after"
 [[ "$issued" == "$stored" ]] || { echo "bench: FAILED: $issued issued but $stored stored"; exit 1; }

@@ -72,6 +72,18 @@ def seconds(duration: str) -> float:
     return float(duration)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, where Linux tells it: runs on different hosts differ by it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU model unknown"
+
+
 def say(message: str) -> None:
     print(f"loadtest: {message}", flush=True)
 
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = {
         "started": f"{started:%Y-%m-%d %H:%M:%SZ}",
         "command": "python loadtest/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
+        "machine": f"{platform.node()}, {os.cpu_count()} cores ({cpu_model()}), {platform.platform()}; "
         f"service, load generator, Redis and PostgreSQL on the same cores",
         "table": table,
         "verdict": "PASS" if passed else "FAIL",
