@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make bench: a short closed-loop run with wrk against /health and /events/{id}/issue in
 # the same run (same server, same machine), alternating the two for BENCH_ROUNDS rounds so
-# a noisy neighbour hits both alike, printing the median rates and their ratio, then
-# checking that every issue was stored exactly once.
+# a noisy neighbour hits both alike, printing the median rates, their ratio and a CPU-speed
+# yardstick (the ratio depends on the host), then checking every issue was stored once.
 #
 # Settings (environment): BENCH_WORKERS (2), BENCH_ROUNDS (3), BENCH_DURATION (5s per run),
 # BENCH_CONNECTIONS (64), BENCH_THREADS (1), BENCH_PORT (a free port).
