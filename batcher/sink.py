@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
 
@@ -28,21 +29,48 @@ CREATE TEMPORARY TABLE IF NOT EXISTS issue_staging (
 ) ON COMMIT DELETE ROWS
 """
 
+# The last line of I1: a row goes in only if its ordinal is within its event's quantity.
 _INSERT = """
 INSERT INTO coupon_issues (event_id, user_id, ordinal, issued_at)
-SELECT event_id, user_id, ordinal, timestamptz 'epoch' + issued_at_us * interval '1 microsecond'
-FROM issue_staging
+SELECT s.event_id, s.user_id, s.ordinal, timestamptz 'epoch' + s.issued_at_us * interval '1 microsecond'
+FROM issue_staging s JOIN events e ON e.id = s.event_id
+WHERE s.ordinal <= e.quantity
 """
 _INSERT_SKIPPING_STORED = _INSERT + "ON CONFLICT DO NOTHING"
 
-# Rows the INSERT skipped that are not already stored exactly as staged: a different
-# issue holds the same user or ordinal. That breaks I2/I3 upstream; it is logged loudly.
-_CONFLICTS = """
-SELECT s.event_id, s.ordinal FROM issue_staging s
-LEFT JOIN coupon_issues c
-  ON c.event_id = s.event_id AND c.user_id = s.user_id AND c.ordinal = s.ordinal
-WHERE c.event_id IS NULL
+# Rows the INSERT left out that are not stored exactly as staged: above the quantity, for
+# an unknown event, or a different issue holds the same user or ordinal (Redis and
+# PostgreSQL disagree). Each is kept in refused_issues and reported, never dropped silently.
+_REFUSE = """
+WITH refused AS (
+    SELECT s.event_id, s.user_id, s.ordinal, s.issued_at_us,
+           CASE WHEN e.id IS NULL THEN 'unknown_event'
+                WHEN s.ordinal > e.quantity THEN 'over_quantity'
+                ELSE 'conflict' END AS reason
+    FROM issue_staging s
+    LEFT JOIN events e ON e.id = s.event_id
+    LEFT JOIN coupon_issues c
+      ON c.event_id = s.event_id AND c.user_id = s.user_id AND c.ordinal = s.ordinal
+    WHERE c.event_id IS NULL
+), kept AS (
+    INSERT INTO refused_issues (event_id, user_id, ordinal, issued_at, reason)
+    SELECT event_id, user_id, ordinal, timestamptz 'epoch' + issued_at_us * interval '1 microsecond', reason
+    FROM refused
+    ON CONFLICT DO NOTHING
+)
+SELECT event_id, reason, count(*) AS n, min(ordinal) AS first_ordinal FROM refused GROUP BY event_id, reason
 """
+
+
+class Refusal(NamedTuple):
+    event_id: int
+    reason: str  # over_quantity, unknown_event or conflict
+    rows: int
+
+
+class Written(NamedTuple):
+    inserted: int  # rows new to coupon_issues (a replayed row is not new)
+    refused: tuple[Refusal, ...] = ()
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -50,13 +78,13 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(STAGING_DDL)
 
 
-async def write(conn: asyncpg.Connection, records: Sequence[IssueRecord]) -> int:
-    """Store the records in one transaction; returns how many rows were new.
+async def write(conn: asyncpg.Connection, records: Sequence[IssueRecord]) -> Written:
+    """Store the records in one transaction; says how many rows were new and what was refused.
 
     The connection must have been through :func:`prepare_connection`.
     """
     if not records:
-        return 0
+        return Written(0)
     async with conn.transaction():
         await conn.copy_records_to_table(
             "issue_staging",
@@ -69,13 +97,15 @@ async def write(conn: asyncpg.Connection, records: Sequence[IssueRecord]) -> int
         except asyncpg.UniqueViolationError:
             status = await conn.execute(_INSERT_SKIPPING_STORED)
         inserted = int(status.rsplit(" ", 1)[-1])
+        refused: list[Refusal] = []
         if inserted < len(records):
-            conflicts = await conn.fetch(_CONFLICTS)
-            if conflicts:
+            for row in await conn.fetch(_REFUSE):
                 logger.error(
-                    "%d staged issues conflict with different stored issues (first: event %s ordinal %s)",
-                    len(conflicts),
-                    conflicts[0]["event_id"],
-                    conflicts[0]["ordinal"],
+                    "refused to store %d issues of event %s (%s, first ordinal %s); kept in refused_issues",
+                    row["n"],
+                    row["event_id"],
+                    row["reason"],
+                    row["first_ordinal"],
                 )
-    return inserted
+                refused.append(Refusal(row["event_id"], row["reason"], row["n"]))
+    return Written(inserted, tuple(refused))

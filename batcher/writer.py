@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -39,9 +39,12 @@ class Writer:
         retry_max_s: float,
         on_flush: Callable[[int, float], None] | None = None,
         on_failure: Callable[[], None] | None = None,
+        on_refused: Callable[[Sequence[sink.Refusal]], None] | None = None,
     ) -> None:
         """``on_flush(rows, seconds)`` after each stored batch; ``on_failure()`` after each
-        failed write (both for metrics)."""
+        failed write (both for metrics); ``on_refused(refusals)`` when PostgreSQL would not
+        store some rows of a batch as issues (they are kept in refused_issues): Redis and
+        PostgreSQL disagree about those events."""
         if flush_batch_rows < 1:
             raise ValueError(f"flush_batch_rows must be positive, got {flush_batch_rows}")
         if flush_interval_s <= 0:
@@ -53,6 +56,7 @@ class Writer:
         self._retry_max_s = retry_max_s
         self._on_flush = on_flush
         self._on_failure = on_failure
+        self._on_refused = on_refused
         self._wakeup = asyncio.Event()
         # One flush at a time: two would take the same oldest rows.
         self._flushing = asyncio.Lock()
@@ -80,12 +84,14 @@ class Writer:
             started = time.perf_counter()
             try:
                 async with self._pool.acquire() as conn:
-                    await sink.write(conn, records)
+                    written = await sink.write(conn, records)
             except BaseException:
                 if self._on_failure is not None:
                     self._on_failure()
                 raise
             self._buffer.mark_stored(len(records))
+            if written.refused and self._on_refused is not None:
+                self._on_refused(written.refused)
             if self._on_flush is not None:
                 self._on_flush(len(records), time.perf_counter() - started)
             return len(records)

@@ -272,14 +272,16 @@ def run_locust(
 async def wait_stored(database_url: str, redis_url: str, event_id: int, timeout_s: float = 120) -> None:
     from redis.asyncio import Redis
 
-    from service.keys import event_keys
+    from service.keys import Keyspace, stored_namespace
 
     pg = await asyncpg.connect(database_url)
     redis = Redis.from_url(redis_url)
     try:
+        # The service's keys carry the namespace its database was created with.
+        keys = Keyspace(await stored_namespace(pg)).event(event_id)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            issued = int(await redis.get(event_keys(event_id).seq) or 0)
+            issued = int(await redis.get(keys.seq) or 0)
             rows = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
             if rows == issued:
                 return

@@ -20,7 +20,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
-from service.keys import event_keys
+from service.keys import Keyspace, stored_namespace
 
 
 @dataclass
@@ -54,7 +54,8 @@ async def verify(event_id: int, *, asked: int | None, database_url: str, redis_u
                FROM coupon_issues WHERE event_id = $1""",
             event_id,
         )
-        keys = event_keys(event_id)
+        # The service's keys carry the namespace its database was created with.
+        keys = Keyspace(await stored_namespace(pg)).event(event_id)
         seq = await redis.get(keys.seq)
         issued_redis = None if seq is None else int(seq)
         rows = stats["rows"]

@@ -1,3 +1,4 @@
+#!lua
 -- Finish a rebuild: the event's state from PostgreSQL, in one atomic step.
 -- Records were merged into KEYS[3] beforehand (HSETNX, never overwriting), while the event
 -- was on hold; here seq moves to the highest ordinal known, never down (I1, I3).

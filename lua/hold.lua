@@ -1,3 +1,4 @@
+#!lua
 -- Put an event on hold for a lifecycle operation: issuing stops at once (I1 under sync/close).
 -- KEYS[1] meta
 -- ARGV[1] the hold status: 'syncing' or 'closed'

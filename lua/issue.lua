@@ -1,3 +1,4 @@
+#!lua
 -- Decide a batch of issue requests for one event, atomically, in arrival order.
 -- KEYS[1] meta:  hash status, quantity, starts_at (µs), ends_at (µs, 0 = open-ended), expire_at (ms)
 -- KEYS[2] seq:   the last ordinal handed out
@@ -6,10 +7,12 @@
 -- ARGV[2..n+1]   the user ids
 -- Returns {now_us, outcome_1, ..., outcome_n}: an outcome > 0 is the user's new ordinal,
 -- otherwise one of the codes below (service/decision.py names them too).
+-- The shebang declares a script that may write: under maxmemory with noeviction Redis
+-- refuses it whole before it runs, never halfway through a batch.
 local meta_key, seq_key, users_key = KEYS[1], KEYS[2], KEYS[3]
 local deadline_us = tonumber(ARGV[1])
-local ALREADY_ISSUED, SOLD_OUT, NOT_STARTED, ENDED, CLOSED, MISSING, SYNCING, EXPIRED =
-  -1, -2, -3, -4, -5, -6, -7, -8
+local ALREADY_ISSUED, SOLD_OUT, NOT_STARTED, ENDED, CLOSED, MISSING, SYNCING, EXPIRED, BROKEN =
+  -1, -2, -3, -4, -5, -6, -7, -8, -9
 
 local time = redis.call('TIME')
 local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -40,6 +43,12 @@ if ends_at > 0 and now_us >= ends_at then return all(ENDED) end
 
 local quantity = tonumber(meta[2])
 local seq = tonumber(redis.call('GET', seq_key) or '0')
+-- The keys must be whole: every ordinal handed out has its record. More records than seq
+-- (seq lost, evicted or expired alone) would hand ordinals out again; seq without any
+-- record (the users hash lost) would serve users twice. Either is lost state: 503 until
+-- sync rebuilds it, never a fresh event (I1, I2).
+local records = redis.call('HLEN', users_key)
+if records > seq or (seq > 0 and records == 0) then return all(BROKEN) end
 local first = seq
 for i = 1, n do
   local user = ARGV[i + 1]

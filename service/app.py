@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from functools import partial
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from sanic.config import Config
 
 from batcher import Buffer, Writer
 from batcher import create_pool as create_writer_pool
+from batcher.sink import Refusal
 
 from . import instrument, logs, metrics, store
 from .admin import admin
@@ -24,11 +26,15 @@ from .config import Settings
 from .decision import EventStore, connect, connect_cluster
 from .directory import EventDirectory
 from .draining import close_idle_connections
+from .eviction import EvictionWatch
 from .http import handle
 from .issuing import Issuer, SoldOutFlags
-from .lifecycle import Lifecycle
+from .keys import Keyspace
+from .lifecycle import Lifecycle, SuspectEvents
 from .reconcile import run_periodically
 from .routes import public
+from .trust import Trust
+from .verify import Verifier, publish_periodically
 from .workers import WorkerBoard, replace_failed_siblings, shared_objects
 
 logger = logging.getLogger(__name__)
@@ -38,9 +44,11 @@ APP_NAME = "coupon_service"
 # Connections beyond the issue path's: admin operations, reads, reconcile.
 _EXTRA_REDIS_CONNECTIONS = 8
 _PG_POOL_MAX = 8
+_GUARD_REDIS_CONNECTIONS = 4
 
 
-def create_app(settings: Settings) -> App:
+def create_app(settings: Settings, namespace: str) -> App:
+    """``namespace``: the deployment's Redis namespace, resolved once by the main process."""
     logs.configure(settings.log_level, settings.log_format)  # in every process: workers spawn
     app = Sanic(APP_NAME, configure_logging=False)
     app.config.update(
@@ -68,7 +76,7 @@ def create_app(settings: Settings) -> App:
 
     @app.before_server_start
     async def start_worker(app: App) -> None:
-        await _start_worker(app, settings)
+        await _start_worker(app, settings, namespace)
 
     @app.before_server_stop
     async def stop_accepting(app: App) -> None:
@@ -85,7 +93,7 @@ def create_app(settings: Settings) -> App:
     return app
 
 
-async def _start_worker(app: App, settings: Settings) -> None:
+async def _start_worker(app: App, settings: Settings, namespace: str) -> None:
     ctx = app.ctx
     shared = app.shared_ctx
     ctx.board = WorkerBoard(shared.board_cells, shared.board_lock, shared.board_epoch)
@@ -96,13 +104,18 @@ async def _start_worker(app: App, settings: Settings) -> None:
     )
     connections = settings.issue_inflight_max + _EXTRA_REDIS_CONNECTIONS
     timeout_s = settings.redis_timeout_s
+    keys = Keyspace(namespace)
+    ctx.trust = Trust(keys)
     ctx.redis = (
         connect_cluster(settings.redis_cluster_nodes, max_connections=connections, timeout_s=timeout_s)
         if settings.redis_cluster
-        else connect(settings.redis_url, max_connections=connections, timeout_s=timeout_s)
+        else connect(
+            settings.redis_url, max_connections=connections, timeout_s=timeout_s, on_connect=ctx.trust.admit
+        )
     )
     ctx.events = EventStore(
         ctx.redis,
+        keys,
         other_calls=_EXTRA_REDIS_CONNECTIONS,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
@@ -113,6 +126,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
         await ctx.events.warm()
     except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
         logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
+    ctx.eviction = EvictionWatch(ctx.redis, allowed=settings.redis_allow_eviction)
     ctx.buffer = Buffer(settings.buffer_max_rows, on_change=partial(_buffer_changed, ctx.board))
     metrics.tally.gauge(metrics.buffer_rows, lambda: ctx.buffer.accepted - ctx.buffer.stored)
     ctx.writer_pool = await create_writer_pool(settings.database_url)
@@ -124,6 +138,7 @@ async def _start_worker(app: App, settings: Settings) -> None:
         retry_max_s=settings.flush_retry_max_s,
         on_flush=_flushed,
         on_failure=metrics.flush_failures.inc,
+        on_refused=lambda refusals: _refused(ctx, refusals),
     )
     ctx.writer.start()
     ctx.directory = EventDirectory(
@@ -136,6 +151,9 @@ async def _start_worker(app: App, settings: Settings) -> None:
         ctx.buffer,
         ctx.writer,
         ctx.directory,
+        ctx.eviction,
+        ctx.trust,
+        lambda event_id: ctx.suspects.verify(event_id, "its Redis keys are not whole"),
         SoldOutFlags(settings.sold_out_cache_s, lambda: ctx.board.epoch),
         partial(
             CircuitBreaker,
@@ -148,6 +166,25 @@ async def _start_worker(app: App, settings: Settings) -> None:
         decide_within_s=settings.redis_timeout_s - min(0.05, settings.redis_timeout_s / 10),
     )
     ctx.lifecycle = Lifecycle(ctx.pool, ctx.events, ctx.board, settings)
+    # Connections the trust gate does not check: the verification of a Redis, the watch of
+    # its identity and the writers' beacons must reach a Redis not yet verified.
+    ctx.guard_redis = (
+        None
+        if settings.redis_cluster
+        else connect(
+            settings.redis_url, max_connections=_GUARD_REDIS_CONNECTIONS, timeout_s=max(timeout_s, 1.0)
+        )
+    )
+    if ctx.guard_redis is not None:
+        guard_events = EventStore(ctx.guard_redis, keys)
+        ctx.trust.verify = Verifier(
+            ctx.pool,
+            guard_events,
+            Lifecycle(ctx.pool, guard_events, ctx.board, settings),
+            ctx.board,
+            timeout_s=settings.sync_timeout_s,
+        )
+    ctx.suspects = SuspectEvents(ctx.lifecycle)
     multiplexer = getattr(app, "multiplexer", None)
     ctx.supervisor = (
         asyncio.get_running_loop().create_task(replace_failed_siblings(multiplexer), name="supervise")
@@ -157,6 +194,18 @@ async def _start_worker(app: App, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     ctx.sampler = loop.create_task(metrics.sample_process(), name="sample-process")
     ctx.tally = loop.create_task(metrics.tally.flush_periodically(), name="metrics-tally")
+    ctx.eviction_task = loop.create_task(ctx.eviction.run(), name="eviction-watch")
+    ctx.trust_task = (
+        loop.create_task(ctx.trust.watch(ctx.guard_redis), name="trust-watch") if ctx.guard_redis else None
+    )
+    ctx.beacon = (
+        loop.create_task(
+            publish_periodically(ctx.guard_redis, keys, lambda: (ctx.buffer.accepted, ctx.buffer.stored)),
+            name="writer-beacon",
+        )
+        if ctx.guard_redis
+        else None
+    )
     ctx.reconciler = loop.create_task(
         run_periodically(
             ctx.pool,
@@ -172,20 +221,50 @@ async def _start_worker(app: App, settings: Settings) -> None:
 async def _stop_worker(app: App, settings: Settings) -> None:
     """After in-flight requests are answered: store every buffered row, then close."""
     ctx = app.ctx
-    for task in (ctx.reconciler, ctx.supervisor, ctx.sampler, ctx.tally, getattr(ctx, "closer", None)):
+    tasks = (
+        ctx.reconciler,
+        ctx.supervisor,
+        ctx.sampler,
+        ctx.tally,
+        ctx.eviction_task,
+        ctx.trust_task,
+        getattr(ctx, "closer", None),
+    )
+    for task in tasks:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     await ctx.issuer.coalescer.close()
     await ctx.writer.close(settings.graceful_timeout_s)
+    # The beacon goes last: a verification elsewhere waits for this buffer while it drains.
+    for task in (ctx.beacon,):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    await ctx.trust.close()
+    await ctx.suspects.close()
     ctx.board.release()
     await ctx.events.close()
     await ctx.redis.aclose()
+    if ctx.guard_redis is not None:
+        await ctx.guard_redis.aclose()
     await ctx.writer_pool.close()
     await ctx.pool.close()
     metrics.tally.flush()
     metrics.mark_dead(os.getpid())
+
+
+def _refused(ctx: SimpleNamespace, refusals: Sequence[Refusal]) -> None:
+    """PostgreSQL would not store some issues: Redis and PostgreSQL disagree about those
+    events, so each is put on hold and verified (kept on hold if it cannot be squared)."""
+    metrics.count_refused(refusals)
+    for refusal in refusals:
+        if refusal.reason != "unknown_event":
+            ctx.suspects.verify(
+                refusal.event_id, f"PostgreSQL refused {refusal.rows} rows ({refusal.reason})"
+            )
 
 
 def _buffer_changed(board: WorkerBoard, accepted: int, stored: int) -> None:

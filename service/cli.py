@@ -47,12 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     migrate = commands.add_parser("migrate", help="apply database migrations (env DATABASE_URL)")
     migrate.add_argument("--create-db", action="store_true", help="create the database if missing")
     commands.add_parser("check", help="say whether Redis and PostgreSQL are reachable")
+    commands.add_parser(
+        "upgrade-keys",
+        help="move live events opened by a version without Redis namespaces into this deployment's"
+        " namespace (env DATABASE_URL, REDIS_URL, REDIS_KEY_PREFIX); run once, before the new version serves",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "migrate":
         raise SystemExit(_migrate(args.create_db))
     if args.command == "check":
         raise SystemExit(_check())
+    if args.command == "upgrade-keys":
+        raise SystemExit(asyncio.run(_upgrade_keys()))
     if not args.token:
         parser.error("the admin token is required: set ADMIN_TOKEN or pass --token")
     client = _Client(args.url, args.token)
@@ -119,6 +126,41 @@ def _migrate(create_db: bool) -> int:
     applied = asyncio.run(run())
     print(f"couponctl: {len(applied)} migration(s) applied" + (f": {', '.join(applied)}" if applied else ""))
     return 0
+
+
+async def _upgrade_keys() -> int:
+    import asyncpg
+
+    from .config import MIN_ADMIN_TOKEN_CHARS, Settings
+    from .decision import EventStore, connect
+    from .keys import Keyspace, stored_namespace
+    from .lifecycle import Lifecycle
+    from .upgrade import upgrade_keys
+    from .workers import WorkerBoard
+
+    # The settings the service would run with; the admin token is not used here.
+    settings = Settings.from_env({**os.environ, "ADMIN_TOKEN": "-" * MIN_ADMIN_TOKEN_CHARS})
+    if settings.redis_cluster:
+        print("couponctl: upgrade-keys: versions without namespaces ran on one Redis only", file=sys.stderr)
+        return 2
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    redis = connect(settings.redis_url, max_connections=4, timeout_s=10)
+    try:
+        namespace = settings.redis_key_prefix or await stored_namespace(pool)
+        events = EventStore(redis, Keyspace(namespace))
+        await events.load_scripts()
+        moved = await upgrade_keys(pool, events, Lifecycle(pool, events, WorkerBoard.local(), settings))
+    finally:
+        await redis.aclose()
+        await pool.close()
+    for result in moved:
+        print(f"couponctl: {result.line()}")
+    refused = sum(result.outcome == "refused" for result in moved)
+    print(
+        f"couponctl: {sum(r.outcome == 'moved' for r in moved)} event(s) moved to namespace {namespace}"
+        + (f", {refused} refused" if refused else "")
+    )
+    return 1 if refused else 0
 
 
 def _check() -> int:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .keys import NAMESPACE
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/coupons"
 MIN_ADMIN_TOKEN_CHARS = 16
@@ -28,6 +30,11 @@ class Settings:
     # Replicas that must acknowledge a batch's decisions (WAIT) before its answers leave.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 50
+    # The namespace of every Redis key; unset, the one the database was created with.
+    redis_key_prefix: str | None = None
+    # Accept a Redis whose maxmemory-policy may evict keys (issues can then be lost or
+    # served twice): an operator's explicit, logged choice, never a default.
+    redis_allow_eviction: bool = False
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str = ""
     host: str = "127.0.0.1"
@@ -75,6 +82,8 @@ class Settings:
             redis_cluster_nodes=cluster_nodes,
             redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, 0, 16),
             redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", 50, 1, 60_000),
+            redis_key_prefix=env.namespace("REDIS_KEY_PREFIX"),
+            redis_allow_eviction=env.boolean("REDIS_ALLOW_EVICTION", False),
             database_url=env.url("DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
             admin_token=env.admin_token("ADMIN_TOKEN"),
             host=env.text("HOST", "127.0.0.1"),
@@ -203,6 +212,12 @@ class _Env:
                 raise ConfigError(name, f"expected host:port[,host:port...], got {item!r}")
             found.append((host.strip("[]"), int(port)))
         return tuple(found)
+
+    def namespace(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not NAMESPACE.fullmatch(raw):
+            raise ConfigError(name, f"must be 1-64 characters of A-Z a-z 0-9 . _ - (no braces), got {raw!r}")
+        return raw
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         raw = self._raw(name) or default

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from lua import source
 
-from .keys import event_keys
+from .keys import Keyspace
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Outcome(enum.IntEnum):
     MISSING = -6
     SYNCING = -7
     EXPIRED = -8  # Redis ran the batch after its deadline: the caller had given up
+    BROKEN = -9  # the event's keys are not whole (evicted, expired or deleted in part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,15 @@ def connect_cluster(
     )
 
 
-def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+def connect(
+    url: str,
+    *,
+    max_connections: int,
+    timeout_s: float,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+) -> Redis:
+    """One Redis; ``on_connect`` replaces redis-py's handshake on every new connection
+    (service/trust.py admits a connection only to a verified Redis)."""
     # A blocking pool waits for a free connection instead of raising "Too many connections"
     # when thousands of requests are in flight; the wait and every command are bounded (I5).
     pool = BlockingConnectionPool.from_url(
@@ -112,6 +121,7 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
+        redis_connect_func=on_connect,
     )
     return Redis.from_pool(pool)  # closing the client closes its connections
 
@@ -129,6 +139,7 @@ class EventStore:
     def __init__(
         self,
         redis: Client,
+        keys: Keyspace,
         *,
         other_calls: int = 8,
         wait_replicas: int = 0,
@@ -136,6 +147,7 @@ class EventStore:
         issue_lane: int = 4,
     ) -> None:
         self.redis = redis
+        self.keys = keys
         self.cluster = isinstance(redis, RedisCluster)
         # Calls outside the issue path (reads, admin): at most this many at once per worker,
         # so a burst of reads cannot exhaust a cluster node's non-blocking pool.
@@ -212,7 +224,7 @@ class EventStore:
         if not isinstance(self.redis, RedisCluster):
             return "redis"
         try:
-            node = self.redis.get_node_from_key(event_keys(event_id).meta)
+            node = self.redis.get_node_from_key(self.keys.event(event_id).meta)
         except RedisError:
             node = None
         return "uncovered" if node is None else str(node.name)
@@ -224,7 +236,7 @@ class EventStore:
         nothing (every outcome EXPIRED), so a batch its caller gave up on cannot issue later.
         With ``wait_replicas``, raises NotReplicated unless that many replicas confirm it.
         """
-        keys = event_keys(event_id)
+        keys = self.keys.event(event_id)
         script_keys = [keys.meta, keys.seq, keys.users]
         args: list[str | int] = [deadline_us, *users]
         if self._wait_replicas:
@@ -349,13 +361,13 @@ class EventStore:
             logger.warning("cluster slot map not refreshed: %s", type(exc).__name__)
 
     async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
-        keys = event_keys(event_id)
+        keys = self.keys.event(event_id)
         previous = await self._run(self._hold, [keys.meta], [status, *times.args()])
         return previous or None
 
     async def merge_records(self, event_id: int, records: Sequence[tuple[str, int, int]]) -> None:
         """Add (user, ordinal, issued_at_us) records Redis lacks; never overwrites one."""
-        users_key = event_keys(event_id).users
+        users_key = self.keys.event(event_id).users
         for start in range(0, len(records), _MERGE_CHUNK):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user, ordinal, issued_at_us in records[start : start + _MERGE_CHUNK]:
@@ -365,21 +377,21 @@ class EventStore:
     async def finish_sync(
         self, event_id: int, status: str, times: EventTimes, max_ordinal: int
     ) -> tuple[int, int]:
-        keys = event_keys(event_id)
+        keys = self.keys.event(event_id)
         seq, records = await self._run(
             self._finish_sync, [keys.meta, keys.seq, keys.users], [status, *times.args(), max_ordinal]
         )
         return int(seq), int(records)
 
     async def set_status(self, event_id: int, status: str) -> None:
-        await self.redis.hset(event_keys(event_id).meta, "status", status)
+        await self.redis.hset(self.keys.event(event_id).meta, "status", status)
 
     async def delete(self, event_id: int) -> None:
-        keys = event_keys(event_id)
+        keys = self.keys.event(event_id)
         await self.redis.delete(keys.meta, keys.seq, keys.users)
 
     async def state(self, event_id: int) -> RedisEventState:
-        keys = event_keys(event_id)
+        keys = self.keys.event(event_id)
         async with self._others, self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.meta, "status", "quantity", "starts_at", "ends_at")
             pipe.get(keys.seq)
@@ -396,12 +408,12 @@ class EventStore:
 
     async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
         async with self._others:
-            value = await self.redis.hget(event_keys(event_id).users, user_id)
+            value = await self.redis.hget(self.keys.event(event_id).users, user_id)
         return None if value is None else parse_record(str(value))
 
     async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
         """Every (user, ordinal, issued_at_us) Redis holds for the event."""
-        async for user, value in self.redis.hscan_iter(event_keys(event_id).users, count=5000):
+        async for user, value in self.redis.hscan_iter(self.keys.event(event_id).users, count=5000):
             ordinal, issued_at_us = parse_record(str(value))
             yield str(user), ordinal, issued_at_us
 

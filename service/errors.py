@@ -68,6 +68,10 @@ class Busy(ServiceError):
     status, code, message = 409, "busy", "another lifecycle operation on this event is running"
 
 
+class ForeignState(ServiceError):
+    status, code, message = 409, "foreign_state", "Redis holds state that cannot belong to this event"
+
+
 class SoldOut(ServiceError):
     status, code, message = 410, "sold_out", "all coupons of the event are issued"
 

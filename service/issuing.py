@@ -25,9 +25,13 @@ from .errors import (
     SoldOut,
     Unavailable,
 )
+from .eviction import EvictionWatch
 from .timefmt import iso_us
+from .trust import Trust
 
 logger = logging.getLogger(__name__)
+
+_BROKEN_LOG_S = 10.0
 
 _REFUSALS: dict[int, type[ServiceError]] = {
     Outcome.ALREADY_ISSUED: AlreadyIssued,
@@ -74,6 +78,9 @@ class Issuer:
         buffer: Buffer,
         writer: Writer,
         directory: EventDirectory,
+        eviction: EvictionWatch,
+        trust: Trust,
+        on_broken: Callable[[int], None],
         sold_out: SoldOutFlags,
         breaker: Callable[[], CircuitBreaker],
         *,
@@ -85,12 +92,16 @@ class Issuer:
         self._buffer = buffer
         self._writer = writer
         self._directory = directory
+        self._eviction = eviction
+        self._trust = trust
+        self._on_broken = on_broken
         self._sold_out = sold_out
         # One circuit per shard (one Redis, or one cluster primary): a failed primary costs
         # its own events fast 503s and leaves the other shards' events alone.
         self._new_breaker = breaker
         self.breakers: dict[str, CircuitBreaker] = {}
         self._decide_within_us = int(decide_within_s * 1_000_000)
+        self._broken_logged: dict[int, float] = {}
         self.coalescer: Coalescer[tuple[int, str]] = Coalescer(
             self._decide, max_batch=max_batch, max_inflight=max_inflight
         )
@@ -104,9 +115,18 @@ class Issuer:
             return outcome, issued_at
         if outcome == Outcome.MISSING:
             raise await self._missing(event_id)
+        if outcome == Outcome.BROKEN:
+            raise self._broken(event_id)
         raise _REFUSALS[outcome]()
 
     async def _decide(self, event_id: int, users: list[str]) -> list[tuple[int, str]]:
+        if self._eviction.unsafe:
+            # A Redis that may evict can forget who was served (I2): it decides nothing.
+            raise Unavailable("Redis may evict keys; issuing is stopped until it runs with noeviction")
+        if self._trust.refusal:
+            # Redis is not the one verified against PostgreSQL (connections survived a
+            # FLUSHALL, say): it decides nothing until verified (I1-I3).
+            raise Unavailable(self._trust.refusal)
         # Room first: a full buffer answers 503 before Redis decides anything (I5).
         try:
             self._buffer.reserve(len(users))
@@ -158,11 +178,25 @@ class Issuer:
             reserved=len(users),
         )
         self._writer.notify()
+        if outcomes and outcomes[0] == Outcome.BROKEN:  # the script answers it for the whole batch
+            metrics.broken_state.inc()
         if Outcome.SOLD_OUT in outcomes:
             self._sold_out.set(event_id)
         # One batch, one moment: its text is formatted once, not once per answer.
         issued_at = iso_us(issued_at_us)
         return [(outcome, issued_at) for outcome in outcomes]
+
+    def _broken(self, event_id: int) -> ServiceError:
+        now = time.monotonic()
+        if now - self._broken_logged.get(event_id, 0.0) > _BROKEN_LOG_S:
+            self._broken_logged[event_id] = now
+            logger.error(
+                "event %d: its Redis keys are not whole (evicted, expired or deleted in part);"
+                " answering 503 until it is rebuilt from PostgreSQL",
+                event_id,
+            )
+        self._on_broken(event_id)
+        return Unavailable("the event's state is being recovered; retry shortly")
 
     async def _missing(self, event_id: int) -> ServiceError:
         try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +16,12 @@ from redis.exceptions import LockError, RedisError
 from batcher import IssueRecord
 from batcher.recovery import write_missing
 
-from . import store
+from . import metrics, store
 from .config import Settings
-from .decision import EventStore, EventTimes
-from .errors import Busy, EventNotFound, Unavailable
-from .keys import event_keys, expire_at_ms
+from .decision import EventStore, EventTimes, RedisEventState
+from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
+from .foreign import refuse_foreign
+from .keys import expire_at_ms
 from .store import EventRow
 from .timefmt import iso, now_utc, to_us
 from .validation import EventSpec
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # Long enough for a rebuild of a large event; the lock lapses if its holder dies.
 _LOCK_TTL_S = 120.0
+_SUSPECT_TRIES = 20
+_SUSPECT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,13 +104,13 @@ class Lifecycle:
         return await store.create_event(self._pool, spec, spec.starts_at or now_utc())
 
     async def open(self, event_id: int) -> EventReport:
-        return await self._rebuild(await self._row(event_id), "open")
+        return await self._rebuild(await self._row(event_id), "open", "open")
 
     async def sync(self, event_id: int) -> EventReport:
         row = await self._row(event_id)
         if row.status == "closed":
             return await self._close(row)
-        return await self._rebuild(row, row.status)
+        return await self._rebuild(row, row.status, "sync")
 
     async def close(self, event_id: int) -> EventReport:
         return await self._close(await self._row(event_id))
@@ -127,7 +132,7 @@ class Lifecycle:
 
     async def reconcile(
         self,
-        event_id: int,
+        event: EventRow,
         *,
         issued_before_us: int | None = None,
         settled_records: int | None = None,
@@ -145,9 +150,16 @@ class Lifecycle:
         buffer, and one count over an index settles it. Only otherwise are all of Redis's
         records and PostgreSQL's users read, which mid-sale (100,000 records) held a
         worker's event loop long enough to show in the p99 (docs/performance.md).
+
+        Records that cannot be the event's own are refused (ForeignState), nothing written.
         """
+        event_id = event.id
         state = await self._events.state(event_id)
-        if state.records == 0 or state.records == settled_records:
+        if state.records == 0 and state.issued == 0:
+            return Reconciled(0, 0, 0, 0)
+        if event.status == "created" or state.records > event.quantity or state.issued > event.quantity:
+            self._refuse(event, state, [], None, "reconcile")
+        if state.records == settled_records:
             return Reconciled(state.records, state.records, 0, state.issued)
         if checked_through is not None:
             through = min(checked_through, state.issued)
@@ -155,21 +167,44 @@ class Lifecycle:
                 return Reconciled(state.records, -1, 0, state.issued)
         # PostgreSQL only ever holds issues Redis decided, and a rebuild merges them back,
         # so while Redis holds the event equal counts mean equal sets.
-        stored = await store.issue_count(self._pool, event_id)
-        if stored == state.records:
-            return Reconciled(state.records, stored, 0, state.issued)
+        stored_count = await store.issue_count(self._pool, event_id)
+        if stored_count == state.records:
+            return Reconciled(state.records, stored_count, 0, state.issued)
+        records = [IssueRecord(event_id, *record) async for record in self._events.records(event_id)]
+        stored = await store.issue_ordinals(self._pool, event_id)
+        self._refuse(event, state, records, stored, "reconcile")
         written = await write_missing(
-            self._pool, event_id, self._redis_records(event_id), older_than_us=issued_before_us
+            self._pool,
+            event_id,
+            records,
+            stored=stored.keys(),
+            older_than_us=issued_before_us,
+            on_refused=metrics.count_refused,
         )
         if written:
             logger.warning(
                 "reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id
             )
-        return Reconciled(state.records, stored, written, state.issued)
+        return Reconciled(state.records, stored_count, written, state.issued)
 
-    async def _redis_records(self, event_id: int) -> AsyncIterator[IssueRecord]:
-        async for user, ordinal, issued_at_us in self._events.records(event_id):
-            yield IssueRecord(event_id, user, ordinal, issued_at_us)
+    @staticmethod
+    def _refuse(
+        event: EventRow,
+        state: RedisEventState,
+        records: list[IssueRecord],
+        stored: Mapping[str, int] | None,
+        where: str,
+    ) -> None:
+        refuse_foreign(
+            event_id=event.id,
+            where=where,
+            event_status=event.status,
+            quantity=event.quantity,
+            redis_quantity=state.quantity,
+            issued=state.issued,
+            records=((record.user_id, record.ordinal) for record in records),
+            stored=stored,
+        )
 
     async def _row(self, event_id: int) -> EventRow:
         row = await store.event(self._pool, event_id)
@@ -177,16 +212,17 @@ class Lifecycle:
             raise EventNotFound()
         return row
 
-    async def _rebuild(self, row: EventRow, status: str) -> EventReport:
+    async def _rebuild(self, row: EventRow, status: str, where: str) -> EventReport:
         """Hold the event, let every buffer store its rows, then rebuild Redis from PostgreSQL.
 
         Redis's records and PostgreSQL's rows are merged, never replaced: whichever side
         holds an issue, the rebuilt state keeps it, so no user or ordinal is handed out
         twice (I1-I3). Waiting for the buffers covers Redis having lost its data, when the
-        rows still in workers' memory are the only other copy.
+        rows still in workers' memory are the only other copy. Redis state that cannot be
+        the event's own is refused before anything is written.
         """
         times = self.times(row)
-        async with self._locked(row.id):
+        async with self.locked(row.id):
             previous = await self._events.hold(row.id, "syncing", times)
             self._board.bump_epoch()
             try:
@@ -194,17 +230,9 @@ class Lifecycle:
                     await self._board.wait_stored(self._settings.sync_timeout_s)
                 except TimeoutError as exc:
                     raise Unavailable(f"sync gave up: {exc}; is PostgreSQL reachable?") from None
-                await self.reconcile(row.id)
-                rows = await store.issue_records(self._pool, row.id)
-                state = await self._events.state(row.id)
-                if state.records != len(rows):
-                    await self._events.merge_records(
-                        row.id, [(r["user_id"], r["ordinal"], to_us(r["issued_at"])) for r in rows]
-                    )
-                max_ordinal = max((r["ordinal"] for r in rows), default=0)
-                await self._events.finish_sync(row.id, status, times, max_ordinal)
-                if row.status != status:
-                    await store.set_status(self._pool, row.id, status)
+                await self.rebuild_held(row, status, times, where)
+            except ForeignState:
+                raise  # it stays on hold: never resumed from state that cannot be its own
             except BaseException:
                 if previous and previous != "syncing":
                     await asyncio.shield(self._restore(row.id, previous))
@@ -214,6 +242,36 @@ class Lifecycle:
         logger.info("event %d rebuilt in Redis with status %s", row.id, status)
         return await self.report(row.id)
 
+    async def rebuild_held(self, row: EventRow, status: str, times: EventTimes, where: str) -> bool:
+        """Rebuild an event on hold whose buffered rows are stored; resume it with ``status``.
+
+        Returns whether Redis was behind PostgreSQL (a stored issue it lacked, or a seq
+        below the highest stored ordinal) and so had to be rebuilt, not only resumed.
+        """
+        state = await self._events.state(row.id)
+        records = [IssueRecord(row.id, *record) async for record in self._events.records(row.id)]
+        rows = await store.issue_records(self._pool, row.id)
+        stored = {r["user_id"]: r["ordinal"] for r in rows}
+        self._refuse(row, state, records, stored, where)
+        in_redis = {record.user_id for record in records}
+        # Decisions no writer stored (a worker died with them buffered): PostgreSQL first.
+        await write_missing(
+            self._pool, row.id, records, stored=stored.keys(), on_refused=metrics.count_refused
+        )
+        lacking = [
+            (r["user_id"], r["ordinal"], to_us(r["issued_at"])) for r in rows if r["user_id"] not in in_redis
+        ]
+        if lacking:
+            await self._events.merge_records(row.id, lacking)
+        highest = max([*stored.values(), *(record.ordinal for record in records)], default=0)
+        behind = bool(lacking) or state.issued < highest
+        if row.status != status:
+            # PostgreSQL first: an event Redis holds as open is never 'created' there, so
+            # records found for a 'created' event are always someone else's.
+            await store.set_status(self._pool, row.id, status)
+        await self._events.finish_sync(row.id, status, times, highest)
+        return behind
+
     async def _restore(self, event_id: int, status: str) -> None:
         try:
             await self._events.set_status(event_id, status)
@@ -222,14 +280,14 @@ class Lifecycle:
 
     async def _close(self, row: EventRow) -> EventReport:
         """Stop issuing at once, store what Redis holds, then delete the event's keys."""
-        async with self._locked(row.id):
+        async with self.locked(row.id):
             await self._events.hold(row.id, "closed", self.times(row))
             self._board.bump_epoch()
             try:
                 await self._board.wait_stored(self._settings.sync_timeout_s)
             except TimeoutError:
                 logger.warning("closing event %d with rows still buffered; reconcile stores them", row.id)
-            await self.reconcile(row.id)
+            await self.reconcile(row)
             if row.status != "closed":
                 await store.set_status(self._pool, row.id, "closed")
             await self._events.delete(row.id)
@@ -237,8 +295,8 @@ class Lifecycle:
         logger.info("event %d closed", row.id)
         return await self.report(row.id)
 
-    def _locked(self, event_id: int) -> _EventLock:
-        return _EventLock(self._events, event_keys(event_id).lock)
+    def locked(self, event_id: int) -> _EventLock:
+        return _EventLock(self._events, self._events.keys.event(event_id).lock)
 
 
 class _EventLock:
@@ -258,3 +316,48 @@ class _EventLock:
             await self._lock.release()
         except (LockError, RedisError):
             logger.warning("event lock %s lapsed before release", self._lock.name)
+
+
+class SuspectEvents:
+    """Events whose Redis state is in doubt (PostgreSQL refused a row Redis decided, or the
+    issue script found the event's keys not whole): each is put on hold and verified as by
+    `sync`, one at a time; one whose Redis state cannot be squared with PostgreSQL stays on
+    hold (ForeignState, with its alert)."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._started: dict[int, float] = {}
+
+    def verify(self, event_id: int, why: str) -> None:
+        task = self._running.get(event_id)
+        if task is not None and not task.done():
+            return
+        now = time.monotonic()
+        if now - self._started.get(event_id, -_SUSPECT_RETRY_S) < _SUSPECT_RETRY_S:
+            return  # asked on every refused answer: one verification a second at most
+        self._started[event_id] = now
+        metrics.suspect_events.inc()
+        logger.error("event %d: %s; verifying it against PostgreSQL", event_id, why)
+        self._running[event_id] = asyncio.get_running_loop().create_task(
+            self._verify(event_id), name=f"verify-event-{event_id}"
+        )
+
+    async def _verify(self, event_id: int) -> None:
+        for _ in range(_SUSPECT_TRIES):
+            try:
+                await self._lifecycle.sync(event_id)
+                logger.warning("event %d verified against PostgreSQL after a refused row", event_id)
+                return
+            except ForeignState:
+                return
+            except (ServiceError, RedisError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                logger.warning("verifying event %d failed (%s); retrying", event_id, type(exc).__name__)
+                await asyncio.sleep(_SUSPECT_RETRY_S)
+
+    async def close(self) -> None:
+        for task in self._running.values():
+            task.cancel()
+        for task in self._running.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

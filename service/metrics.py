@@ -21,7 +21,7 @@ import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -110,11 +110,60 @@ reconciled_rows = Counter(
     "coupon_reconciled_rows", "Issues recorded in Redis that reconcile wrote to PostgreSQL"
 )
 reconcile_failures = Counter("coupon_reconcile_failures", "Reconcile passes that failed")
+foreign_state = Counter(
+    "coupon_foreign_state_refusals",
+    "Redis state refused because it cannot belong to the event (nothing was written), by where",
+    ["where"],
+)
+broken_state = Counter(
+    "coupon_redis_broken_state_batches",
+    "Batches answered 503 because an event's Redis keys were not whole (evicted or deleted in part)",
+)
+rows_refused = Counter(
+    "coupon_rows_refused",
+    "Issue rows PostgreSQL refused to store as issues (kept in refused_issues), by reason",
+    ["reason"],
+)
+redis_unsafe = Gauge(
+    "coupon_redis_unsafe",
+    "1 while a Redis this service decides on may evict keys (maxmemory-policy not noeviction)",
+    multiprocess_mode="max",
+)
+redis_evicted_keys = Gauge(
+    "coupon_redis_evicted_keys",
+    "evicted_keys as the Redis this service decides on reports it (rising means lost keys)",
+    multiprocess_mode="max",
+)
+verifications = Counter(
+    "coupon_redis_verifications",
+    "Verifications of a Redis this deployment did not know (restarted, failed over, restored), by"
+    " result: current (nothing behind), rebuilt (some event was behind), failed (retried)",
+    ["result"],
+)
+events_rebuilt = Counter(
+    "coupon_events_rebuilt",
+    "Events a verification found behind PostgreSQL in Redis and rebuilt (Redis came back older)",
+)
+verify_seconds = Gauge(
+    "coupon_redis_verify_seconds",
+    "How long the last verification this worker ran held issuing (seconds)",
+    multiprocess_mode="max",
+)
+suspect_events = Counter(
+    "coupon_suspect_events",
+    "Events put on hold and verified because the writer found Redis and PostgreSQL disagree",
+)
 lifecycle_operations = Counter(
     "coupon_lifecycle_operations",
     "Admin lifecycle operations (open, close, sync), by result",
     ["operation", "result"],
 )
+
+
+def count_refused(refusals: Iterable[tuple[int, str, int]]) -> None:
+    """(event_id, reason, rows) of rows PostgreSQL would not store as issues."""
+    for _event_id, reason, rows in refusals:
+        rows_refused.labels(reason).inc(rows)
 
 
 class Tally:

@@ -17,7 +17,7 @@ from redis.exceptions import LockError, RedisError
 
 from . import metrics, store
 from .decision import EventStore
-from .keys import RECONCILE_LOCK
+from .errors import ForeignState
 from .lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,27 @@ async def reconcile_all(
     settled = {} if settled is None else settled
     # A short lock, renewed per event: a worker killed while holding it blocks the
     # others for seconds, not minutes.
-    lock = events.lock(RECONCILE_LOCK, _LOCK_S)
+    lock = events.lock(events.keys.reconcile_lock, _LOCK_S)
     if not await lock.acquire():
         return None
     try:
         written = 0
-        live = await store.live_event_ids(pool)
-        for event_id in live:
-            result = await lifecycle.reconcile(
-                event_id,
-                issued_before_us=issued_before_us,
-                settled_records=settled.get(event_id),
-                checked_through=None if checked is None or read_all else checked.get(event_id, 0),
-            )
+        events_live = await store.live_events(pool)
+        live = [event.id for event in events_live]
+        for event in events_live:
+            event_id = event.id
+            try:
+                result = await lifecycle.reconcile(
+                    event,
+                    issued_before_us=issued_before_us,
+                    settled_records=settled.get(event_id),
+                    checked_through=None if checked is None or read_all else checked.get(event_id, 0),
+                )
+            except ForeignState:
+                # Logged and counted where it was found; the other events go on.
+                settled.pop(event_id, None)
+                await lock.reacquire()
+                continue
             if result.consistent:
                 settled[event_id] = result.records
             else:

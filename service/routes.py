@@ -150,16 +150,19 @@ async def health(request: Request) -> HTTPResponse:
 @public.get("/ready", name="ready")
 @observed
 async def ready(request: Request) -> HTTPResponse:
-    """Ready when Redis answers with the scripts loaded and PostgreSQL answers."""
+    """Ready when Redis answers with the scripts loaded and cannot evict keys (or an operator
+    accepted that it may), and PostgreSQL answers."""
     ctx = request.app.ctx
     timeout_s = ctx.settings.redis_timeout_s
-    checks = {"redis": False, "scripts": False, "postgres": False}
+    checks = {"redis": False, "scripts": False, "noeviction": False, "postgres": False}
     try:
         loaded = await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s)
         checks["redis"] = True
         if not loaded:
             await asyncio.wait_for(ctx.events.load_scripts(), timeout_s)
         checks["scripts"] = True
+        await asyncio.wait_for(ctx.eviction.check(), timeout_s)
+        checks["noeviction"] = ctx.eviction.unsafe is None
     except (RedisError, OSError, TimeoutError) as exc:
         logger.debug("not ready: Redis: %s", type(exc).__name__)
     try:

@@ -85,9 +85,13 @@ async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
     await pool.execute("UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status)
 
 
-async def live_event_ids(pool: asyncpg.Pool) -> list[int]:
-    rows = await pool.fetch("SELECT id FROM events WHERE status <> 'closed' ORDER BY id")
-    return [row["id"] for row in rows]
+async def live_events(pool: asyncpg.Pool) -> list[EventRow]:
+    """Every event not closed: the ones Redis may hold state for."""
+    rows = await pool.fetch(
+        "SELECT e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon"
+        " FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id WHERE e.status <> 'closed' ORDER BY e.id"
+    )
+    return [_event(row) for row in rows]
 
 
 async def open_events(pool: asyncpg.Pool, limit: int) -> list[tuple[int, int]]:
@@ -116,6 +120,12 @@ async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -
     return await pool.fetchval(  # type: ignore[no-any-return]
         "SELECT count(*) FROM coupon_issues WHERE event_id = $1 AND ordinal <= $2", event_id, ordinal
     )
+
+
+async def issue_ordinals(pool: asyncpg.Pool, event_id: int) -> dict[str, int]:
+    """user -> ordinal of every stored issue of the event."""
+    rows = await pool.fetch("SELECT user_id, ordinal FROM coupon_issues WHERE event_id = $1", event_id)
+    return {row["user_id"]: row["ordinal"] for row in rows}
 
 
 async def issue(pool: asyncpg.Pool, event_id: int, user_id: str) -> asyncpg.Record | None:

@@ -15,9 +15,8 @@ import pytest
 from faulty.middlewares import LatencyMiddleware
 from redis.asyncio import Redis
 
-from service.keys import event_keys
 from tests.support.api import Api, Reply
-from tests.support.invariants import assert_invariants
+from tests.support.invariants import assert_invariants, keyspace
 from tests.support.proxy import proxy_to, running, through
 from tests.support.servers import ServiceProcess
 
@@ -98,4 +97,4 @@ async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_ro
     assert rows_at_sigterm < len(issued_201)
     rows = await assert_invariants(pg, event_id, quantity, redis=redis)
     assert {row["user_id"]: row["ordinal"] for row in rows} == issued_201
-    assert int(await redis.get(event_keys(event_id).seq)) == len(issued_201)
+    assert int(await redis.get((await keyspace(pg)).event(event_id).seq)) == len(issued_201)

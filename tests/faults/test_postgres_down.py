@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from service.schema import create_database, migrate
 from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.postgres_server import PostgresServer
 from tests.support.servers import ServiceProcess
 
@@ -84,6 +84,7 @@ async def test_postgres_down_under_load_loses_nothing_and_a_full_buffer_answers_
     api = Api(service.url, http)
     quantity = 100_000
     event_id = await api.open_event(quantity)
+    keys = (await keyspace(pg)).event(event_id)  # read now: the database goes down below
     before = await burst(api, event_id, [f"before{n}" for n in range(200)])
     assert all(reply.status == 201 for reply in before)
     await wait_stored(pg, redis, event_id)
@@ -99,7 +100,7 @@ async def test_postgres_down_under_load_loses_nothing_and_a_full_buffer_answers_
     assert set(flood_statuses) <= {201, 503} and flood_statuses[503] > 0, flood_statuses
     answered = before + during + flood
     issued_201 = sum(reply.status == 201 for reply in answered)
-    assert int(await redis.get(f"ev:{{{event_id}}}:seq")) == issued_201
+    assert int(await redis.get(keys.seq)) == issued_201
 
     server.start()
     await wait_stored(pg, redis, event_id, timeout_s=60)

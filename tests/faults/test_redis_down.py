@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from service.decision import EventStore, EventTimes, Outcome, connect
 from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServiceProcess
 
@@ -61,7 +61,7 @@ async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.
         await asyncio.sleep(0.05)
 
 
-async def test_redis_killed_mid_load_answers_503_fast_and_sync_rebuilds_it_empty(
+async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebuilt_unasked(
     private_redis: Callable[..., RedisServer],
     client_of: Callable[[RedisServer], Redis],
     start_service: Callable[..., ServiceProcess],
@@ -95,14 +95,18 @@ async def test_redis_killed_mid_load_answers_503_fast_and_sync_rebuilds_it_empty
     stored = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
     assert stored == issued_201
 
-    # Back, empty (no AOF): refusals until an operator syncs, never "full stock".
+    # Back, empty (no AOF): a Redis the service has not verified decides nothing, so never
+    # "full stock"; it is verified against PostgreSQL and rebuilt with no operator.
     server.start()
     reply = await api.issue(event_id, "pre0")
     assert (reply.status, reply.code) == (503, "unavailable")
-    synced = await api.sync(event_id)
-    assert synced.status == 200 and synced.body["issued_redis"] == issued_201
-    assert (await _answered(api, event_id, "pre0")).code == "already_issued"
+    assert (await _answered(api, event_id, "pre0", timeout_s=20)).code == "already_issued"
     assert (await _answered(api, event_id, "after")).body["ordinal"] == issued_201 + 1
+    stats = await api.stats(event_id)
+    assert stats.body["issued_redis"] == issued_201 + 1
+    # A sync afterwards changes nothing: the rebuild was exact.
+    synced = await api.sync(event_id)
+    assert synced.status == 200 and synced.body["issued_redis"] == issued_201 + 1
     await wait_stored(pg, client_of(server), event_id)
     await assert_invariants(pg, event_id, 500, redis=client_of(server))
     assert (await api.request("GET", "/ready")).status == 200
@@ -173,9 +177,12 @@ async def test_a_hung_redis_costs_fast_503s_and_the_batches_it_held_issue_nothin
 
 async def test_the_issue_lane_reconnects_after_a_restart_and_never_reuses_a_broken_connection(
     private_redis: Callable[..., RedisServer],
+    pg: asyncpg.Pool,
 ) -> None:
     server = private_redis(aof=True)
-    events = EventStore(connect(server.url, max_connections=4, timeout_s=0.5), issue_lane=2)
+    events = EventStore(
+        connect(server.url, max_connections=4, timeout_s=0.5), await keyspace(pg), issue_lane=2
+    )
     try:
         await events.load_scripts()
         await events.warm()

@@ -10,9 +10,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from service.keys import event_keys
 from tests.support.api import Api
-from tests.support.invariants import wait_stored
+from tests.support.invariants import keyspace, wait_stored
 from tests.support.servers import ServiceProcess
 
 
@@ -97,8 +96,9 @@ async def test_bad_requests_answer_400_and_change_nothing(api: Api, pg: asyncpg.
     for body in bodies:
         reply = await api.request("POST", f"/events/{event_id}/issue", raw=body)
         assert (reply.status, reply.code) == (400, "invalid_request"), body
-    assert await redis.get(event_keys(event_id).seq) == "0"
-    assert not await redis.exists(event_keys(event_id).users)
+    keys = (await keyspace(pg)).event(event_id)
+    assert await redis.get(keys.seq) == "0"
+    assert not await redis.exists(keys.users)
     assert await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id) == 0
 
 
@@ -177,13 +177,20 @@ async def test_admin_report_counts_redis_and_postgres(api: Api, pg: asyncpg.Pool
 async def test_health_and_ready(api: Api) -> None:
     assert (await api.request("GET", "/health")).status == 200
     ready = await api.request("GET", "/ready")
-    assert ready.status == 200 and ready.body["checks"] == {"redis": True, "scripts": True, "postgres": True}
+    assert ready.status == 200 and ready.body["checks"] == {
+        "redis": True,
+        "scripts": True,
+        "noeviction": True,
+        "postgres": True,
+    }
 
 
-async def test_event_whose_redis_state_is_lost_answers_503_until_sync(api: Api, redis: Redis) -> None:
+async def test_event_whose_redis_state_is_lost_answers_503_until_sync(
+    api: Api, pg: asyncpg.Pool, redis: Redis
+) -> None:
     event_id = await api.open_event(5)
     assert (await api.issue(event_id, 1)).status == 201
-    keys = event_keys(event_id)
+    keys = (await keyspace(pg)).event(event_id)
     await redis.delete(keys.meta, keys.seq, keys.users)
     reply = await api.issue(event_id, 2)
     assert (reply.status, reply.code) == (503, "unavailable")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from service.decision import EventStore, EventTimes, Outcome
-from service.keys import event_keys
+from tests.support.invariants import keyspace
 
 _ids = itertools.count(9_000_000)
 
 
 @pytest.fixture
-async def events(redis: Redis) -> AsyncIterator[EventStore]:
-    store = EventStore(redis)
+async def events(pg: asyncpg.Pool, redis: Redis) -> AsyncIterator[EventStore]:
+    store = EventStore(redis, await keyspace(pg))
     await store.load_scripts()
     yield store
     await store.close()
@@ -47,7 +48,7 @@ async def test_a_batch_is_decided_in_order_with_duplicates_inside_it(events: Eve
     event_id = await _event(events, 3)
     reply = await events.decide(event_id, ["a", "b", "a", "c", "d", "b"])
     assert reply[1:] == [1, 2, Outcome.ALREADY_ISSUED, 3, Outcome.SOLD_OUT, Outcome.ALREADY_ISSUED]
-    keys = event_keys(event_id)
+    keys = events.keys.event(event_id)
     assert await events.redis.get(keys.seq) == "3"
     assert sorted(await events.redis.hkeys(keys.users)) == ["a", "b", "c"]
     assert await events.redis.ttl(keys.users) > 0 and await events.redis.ttl(keys.seq) > 0
@@ -91,7 +92,11 @@ async def test_finish_sync_never_moves_seq_down_nor_overwrites_a_record(events: 
     seq, records = await events.finish_sync(event_id, "open", times, max_ordinal=1)
     assert (seq, records) == (3, 4)
     assert (await events.record(event_id, "a"))[0] == 1
-    assert (await events.decide(event_id, ["n"]))[1:] == [4]
+    # Four records for seq 3: ordinal 4 is z's, so the keys are not whole and nothing issues.
+    assert (await events.decide(event_id, ["n"]))[1:] == [Outcome.BROKEN]
+    # A rebuild passes the highest ordinal either side holds; then issuing goes on after it.
+    assert await events.finish_sync(event_id, "open", times, max_ordinal=4) == (4, 4)
+    assert (await events.decide(event_id, ["n"]))[1:] == [5]
 
 
 async def test_noscript_is_recovered_by_reloading(events: EventStore) -> None:
@@ -105,6 +110,6 @@ async def test_a_batch_reached_after_its_deadline_issues_nothing(events: EventSt
     event_id = await _event(events, 5)
     past_us = await _now_us(events.redis) - 1_000
     assert (await events.decide(event_id, ["late", "later"], past_us))[1:] == [Outcome.EXPIRED] * 2
-    assert not await events.redis.exists(event_keys(event_id).users)
+    assert not await events.redis.exists(events.keys.event(event_id).users)
     future_us = await _now_us(events.redis) + 5_000_000
     assert (await events.decide(event_id, ["late"], future_us))[1:] == [1]

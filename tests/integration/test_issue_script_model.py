@@ -12,12 +12,15 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
+import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from service.decision import EventStore, EventTimes, Outcome
-from service.keys import event_keys
+from service.keys import Keyspace
+from tests.support.invariants import keyspace
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _event_ids = itertools.count(7_000_000_000 + os.getpid() * 100_000)
@@ -61,15 +64,15 @@ async def _rebuild(events: EventStore, event_id: int, model: Model, times: Event
     await events.finish_sync(event_id, "open", times, max((o for _, o, _ in records), default=0))
 
 
-async def _run(quantity: int, steps: list[tuple[str, list[str] | None]]) -> None:
+async def _run(space: Keyspace, quantity: int, steps: list[tuple[str, list[str] | None]]) -> None:
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    events = EventStore(redis)
+    events = EventStore(redis, space)
     event_id = next(_event_ids)
     seconds, micros = await redis.time()
     now_us = int(seconds) * 1_000_000 + int(micros)
     times = EventTimes(quantity, now_us - 1_000_000, 0, now_us // 1000 + 600_000)
     model = Model(quantity)
-    keys = event_keys(event_id)
+    keys = space.event(event_id)
     try:
         await events.finish_sync(event_id, "open", times, 0)
         for name, users in steps:
@@ -103,9 +106,15 @@ async def _run(quantity: int, steps: list[tuple[str, list[str] | None]]) -> None
         await redis.aclose()
 
 
+@pytest.fixture(scope="module")
+async def space(pg: asyncpg.Pool) -> Keyspace:
+    """The keys of the test database's deployment, read once (each example runs its own loop)."""
+    return await keyspace(pg)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(quantity=st.integers(min_value=1, max_value=8), steps=st.lists(operation, max_size=25))
 def test_the_scripts_follow_the_rules_over_any_interleaving(
-    quantity: int, steps: list[tuple[str, list[str] | None]]
+    space: Keyspace, quantity: int, steps: list[tuple[str, list[str] | None]]
 ) -> None:
-    asyncio.run(_run(quantity, steps))
+    asyncio.run(_run(space, quantity, steps))

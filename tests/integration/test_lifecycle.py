@@ -11,9 +11,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from service.keys import event_keys
 from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.servers import ServiceProcess
 
 
@@ -32,7 +31,7 @@ async def test_close_stores_everything_deletes_the_keys_and_answers_403_closed(
 
     assert closed.status == 200 and closed.body["status"] == "closed"
     assert closed.body["rows_stored"] == 6
-    keys = event_keys(event_id)
+    keys = (await keyspace(pg)).event(event_id)
     assert await redis.exists(keys.meta, keys.seq, keys.users) == 0
     reply = await api.issue(event_id, "late")
     assert (reply.status, reply.code) == (403, "closed")
@@ -68,7 +67,7 @@ async def test_sync_rebuilds_lost_redis_state_from_postgres(api: Api, pg: asyncp
     for user in range(1, 5):
         assert (await api.issue(event_id, user)).status == 201
     await wait_stored(pg, redis, event_id)
-    keys = event_keys(event_id)
+    keys = (await keyspace(pg)).event(event_id)
     await redis.delete(keys.meta, keys.seq, keys.users)  # as a restart without AOF leaves it
     await redis.script_flush()
     assert (await api.issue(event_id, 9)).code == "unavailable"
@@ -144,7 +143,7 @@ async def test_sync_waits_for_buffered_rows_when_redis_lost_its_data(
     served = await burst(api, event_id, [f"b{n}" for n in range(8)])
     assert all(reply.status == 201 for reply in served)
     assert await _rows(pg, event_id) < 8
-    keys = event_keys(event_id)
+    keys = (await keyspace(pg)).event(event_id)
     await redis.delete(keys.meta, keys.seq, keys.users)
 
     synced = await api.sync(event_id)
@@ -202,6 +201,7 @@ async def test_a_full_buffer_answers_503_before_deciding_and_loses_nothing(
     service = start_service(BUFFER_MAX_ROWS="20", FLUSH_BATCH_ROWS="10", ISSUE_BATCH_MAX="5")
     api = Api(service.url, http)
     event_id = await api.open_event(1000)
+    keys = (await keyspace(pg)).event(event_id)
     blocker = await pg.acquire()
     try:
         transaction = blocker.transaction()
@@ -213,7 +213,7 @@ async def test_a_full_buffer_answers_503_before_deciding_and_loses_nothing(
         assert statuses[201] <= 40 and statuses[503] >= 80, statuses
         assert {reply.code for reply in replies if reply.status == 503} == {"unavailable"}
         # A 503 decided nothing: Redis issued exactly the 201s.
-        assert int(await redis.get(event_keys(event_id).seq)) == statuses[201]
+        assert int(await redis.get(keys.seq)) == statuses[201]
         await transaction.rollback()
     finally:
         await pg.release(blocker)

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from service import store
 from service.config import Settings
 from service.decision import EventStore
 from service.lifecycle import Lifecycle
@@ -17,13 +18,14 @@ from service.reconcile import reconcile_all
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN
+from tests.support.invariants import keyspace
 
 
 @pytest.fixture
-async def events(redis: Redis) -> AsyncIterator[EventStore]:
-    store = EventStore(redis)
-    yield store
-    await store.close()
+async def events(pg: asyncpg.Pool, redis: Redis) -> AsyncIterator[EventStore]:
+    events = EventStore(redis, await keyspace(pg))
+    yield events
+    await events.close()
 
 
 async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> int:
@@ -63,7 +65,9 @@ async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
 
     await _pass(pg, events, lifecycle, issued_before_us=now_us, settled=settled)
     assert await _rows(pg, event_id) == 7 and settled[event_id] == 7
-    settled_pass = await lifecycle.reconcile(event_id, settled_records=7)
+    row = await store.event(pg, event_id)
+    assert row is not None
+    settled_pass = await lifecycle.reconcile(row, settled_records=7)
     assert (settled_pass.records, settled_pass.written) == (7, 0)
 
     await events.decide(event_id, ["r7", "r8"])  # Redis moved on: the event is looked at again

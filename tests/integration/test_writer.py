@@ -76,13 +76,13 @@ async def test_writing_the_same_issues_twice_is_harmless(pg: asyncpg.Pool, event
     records = _records(event_id, 100)
     async with pg.acquire() as conn:
         await sink.prepare_connection(conn)
-        assert await sink.write(conn, records) == 100
-        assert await sink.write(conn, records) == 0
-        assert await sink.write(conn, records[:10] + _records(event_id, 5, start=101)) == 5
+        assert await sink.write(conn, records) == (100, ())
+        assert await sink.write(conn, records) == (0, ())
+        assert await sink.write(conn, records[:10] + _records(event_id, 5, start=101)) == (5, ())
     assert await _stored(pg, event_id) == 105
 
 
-async def test_a_conflicting_issue_is_refused_and_logged(
+async def test_a_conflicting_issue_is_refused_kept_aside_and_logged(
     pg: asyncpg.Pool, event_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with pg.acquire() as conn:
@@ -90,9 +90,31 @@ async def test_a_conflicting_issue_is_refused_and_logged(
         await sink.write(conn, _records(event_id, 3))
         with caplog.at_level(logging.ERROR, logger="batcher.sink"):
             # The same user with another ordinal: I2 broken upstream, never stored twice.
-            assert await sink.write(conn, [IssueRecord(event_id, "w1", 99, 0)]) == 0
+            written = await sink.write(conn, [IssueRecord(event_id, "w1", 99, 0)])
+    assert written == (0, (sink.Refusal(event_id, "conflict", 1),))
     assert "conflict" in caplog.text
     assert await _stored(pg, event_id) == 3
+    kept = await pg.fetch("SELECT user_id, ordinal, reason FROM refused_issues WHERE event_id = $1", event_id)
+    assert [tuple(row) for row in kept] == [("w1", 99, "conflict")]
+
+
+async def test_postgres_never_stores_an_ordinal_above_the_quantity(pg: asyncpg.Pool) -> None:
+    event_id = await pg.fetchval(
+        "INSERT INTO events (name, quantity, starts_at) VALUES ('last line', 3, now()) RETURNING id"
+    )
+    async with pg.acquire() as conn:
+        await sink.prepare_connection(conn)
+        written = await sink.write(conn, [*_records(event_id, 5), IssueRecord(event_id + 10_000, "x", 1, 0)])
+    assert written.inserted == 3
+    assert sorted(written.refused) == sorted(
+        [sink.Refusal(event_id, "over_quantity", 2), sink.Refusal(event_id + 10_000, "unknown_event", 1)]
+    )
+    assert await _stored(pg, event_id) == 3
+    assert await pg.fetchval("SELECT max(ordinal) FROM coupon_issues WHERE event_id = $1", event_id) == 3
+    refused = await pg.fetch(
+        "SELECT ordinal, reason FROM refused_issues WHERE event_id = $1 ORDER BY ordinal", event_id
+    )
+    assert [tuple(row) for row in refused] == [(4, "over_quantity"), (5, "over_quantity")]
 
 
 async def test_a_failed_flush_keeps_its_rows_and_retries_until_stored(

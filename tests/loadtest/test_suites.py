@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from loadtest.verify import verify
-from service.keys import event_keys
+from tests.support.invariants import keyspace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ async def test_the_verifier_finds_each_kind_of_breach(
         "INSERT INTO events (name, quantity, starts_at, status)"
         " VALUES ('broken', 3, now(), 'open') RETURNING id"
     )
-    keys = event_keys(event_id)
+    keys = (await keyspace(pg)).event(event_id)
     rows = [("a", 1), ("b", 2), ("c", 4), ("d", 5)]  # a gap in the ordinals and one over quantity
     await pg.executemany(
         "INSERT INTO coupon_issues (event_id, user_id, ordinal, issued_at) VALUES ($1, $2, $3, now())",
@@ -125,7 +125,8 @@ async def test_the_verifier_passes_a_clean_event(
         "INSERT INTO coupon_issues (event_id, user_id, ordinal, issued_at) VALUES ($1, $2, $3, now())",
         [(event_id, "a", 1), (event_id, "b", 2)],
     )
-    await redis.set(event_keys(event_id).seq, 2)
-    await redis.hset(event_keys(event_id).users, mapping={"a": "1:0", "b": "2:0"})
+    keys = (await keyspace(pg)).event(event_id)
+    await redis.set(keys.seq, 2)
+    await redis.hset(keys.users, mapping={"a": "1:0", "b": "2:0"})
     verdict = await verify(event_id, asked=2, database_url=database_url, redis_url=redis_url)
     assert verdict.ok, verdict.breaches

@@ -23,9 +23,9 @@ import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from service import metrics
-from service.keys import event_keys
+from service.keys import Keyspace
 from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.redis_cluster import RedisClusterServer
 from tests.support.servers import ServiceProcess
 
@@ -63,6 +63,7 @@ def _cluster_service(
 async def _events_on_every_primary(
     api: Api,
     cluster: RedisClusterServer,
+    space: Keyspace,
     *,
     quantity: Callable[[int], int],
     at_least: int,
@@ -72,7 +73,7 @@ async def _events_on_every_primary(
     returns event id -> quantity."""
     events: dict[int, int] = {}
     while True:
-        owners = Counter(cluster.owner(event_keys(event_id).meta) for event_id in events)
+        owners = Counter(cluster.owner(space.event(event_id).meta) for event_id in events)
         covered = set(owners) == cluster.primary_ports() and min(owners.values()) >= per_primary
         if len(events) >= at_least and covered:
             return events
@@ -90,8 +91,11 @@ async def test_a_burst_over_many_events_keeps_every_invariant_on_every_shard(
 ) -> None:
     service = _cluster_service(start_service, cluster)
     api = Api(service.url, http)
-    events = await _events_on_every_primary(api, cluster, quantity=lambda n: 40 + 13 * n, at_least=EVENTS)
-    owners = {event_id: cluster.owner(event_keys(event_id).meta) for event_id in events}
+    space = await keyspace(pg)  # the service's database: its keys carry that namespace
+    events = await _events_on_every_primary(
+        api, cluster, space, quantity=lambda n: 40 + 13 * n, at_least=EVENTS
+    )
+    owners = {event_id: cluster.owner(space.event(event_id).meta) for event_id in events}
     assert set(owners.values()) == cluster.primary_ports() and len(cluster.primary_ports()) == 3
 
     # More users than coupons, and every fifth user asks twice: all events at once.
@@ -121,11 +125,11 @@ async def test_a_burst_over_many_events_keeps_every_invariant_on_every_shard(
             0,
         )
         # Keys expire on their own past the event (open-ended here: OPEN_ENDED_TTL_S).
-        assert await cluster_client.pttl(event_keys(event_id).meta) > 0
+        assert await cluster_client.pttl(space.event(event_id).meta) > 0
 
     # Sync rebuilds an event on its shard; close stores everything and deletes its keys.
     synced, closed = list(events)[:2]
-    await cluster_client.delete(*event_keys(synced)[:3])
+    await cluster_client.delete(*space.event(synced)[:3])
     assert (await api.sync(synced)).status == 200
     # Rebuilt from PostgreSQL: still sold out, and who was served still holds it (which
     # users were served depends on the burst's order, so ask one that was).
@@ -133,7 +137,7 @@ async def test_a_burst_over_many_events_keeps_every_invariant_on_every_shard(
     assert [(await api.issue(synced, user)).status for user in (holder, "newcomer")] == [409, 410]
     assert (await api.stats(synced)).body["issued_redis"] == min(events[synced], len(set(asks[synced])))
     assert (await api.close(closed)).status == 200
-    assert not await cluster_client.exists(*event_keys(closed)[:3])
+    assert not await cluster_client.exists(*space.event(closed)[:3])
     assert (await api.issue(closed, "late")).status == 403
 
 
@@ -207,10 +211,11 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
         RECONCILE_MIN_AGE_S="0.5",
     )
     api = Api(service.url, http)
+    space = await keyspace(pg)
     events = await _events_on_every_primary(
-        api, cluster, quantity=lambda n: 100_000, at_least=6, per_primary=2
+        api, cluster, space, quantity=lambda n: 100_000, at_least=6, per_primary=2
     )
-    owners = {event_id: cluster.owner(event_keys(event_id).meta) for event_id in events}
+    owners = {event_id: cluster.owner(space.event(event_id).meta) for event_id in events}
     victim = owners[next(iter(events))]
     hit = {event_id for event_id, owner in owners.items() if owner == victim}
 
@@ -218,7 +223,7 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     await asyncio.sleep(2.0)
     killed_at = time.monotonic()
     await asyncio.to_thread(cluster.kill, victim)
-    promoted_after = await _promoted(cluster, event_keys(next(iter(hit))).meta, victim)
+    promoted_after = await _promoted(cluster, space.event(next(iter(hit))).meta, victim)
     if wait_replicas == "1":
         # The promoted primary has no replica to confirm its batches until the dead node
         # rejoins as one: until then its events answer 503.
@@ -251,7 +256,9 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     # REDIS_WAIT_REPLICAS=1 there must be none, and every invariant holds everywhere.
     served = [a for a in answers if a.status == 201]
     cluster_client = _client(cluster)  # seeded with the nodes alive after the failover
-    lost = {event_id: await _missing_on_replica(cluster_client, event_id, served) for event_id in events}
+    lost = {
+        event_id: await _missing_on_replica(cluster_client, space, event_id, served) for event_id in events
+    }
     print(f"REDIS_WAIT_REPLICAS={wait_replicas}: failover {promoted_after:.1f} s, 201s lost: {lost}")
     assert not any(lost[event_id] for event_id in events if event_id not in hit), lost
     if wait_replicas == "1":
@@ -269,9 +276,11 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     await cluster_client.aclose()
 
 
-async def _missing_on_replica(cluster_client: RedisCluster, event_id: int, served: list[Answer]) -> int:
+async def _missing_on_replica(
+    cluster_client: RedisCluster, space: Keyspace, event_id: int, served: list[Answer]
+) -> int:
     users = [a.user for a in served if a.event_id == event_id]
-    records = await cluster_client.hmget(event_keys(event_id).users, users)
+    records = await cluster_client.hmget(space.event(event_id).users, users)
     return sum(record is None for record in records)
 
 
@@ -310,8 +319,9 @@ async def test_with_wait_replicas_a_batch_no_replica_confirms_answers_503_and_is
         RECONCILE_MIN_AGE_S="0.2",
     )
     api = Api(service.url, http)
-    events = await _events_on_every_primary(api, cluster, quantity=lambda n: 100_000, at_least=3)
-    owners = {event_id: cluster.owner(event_keys(event_id).meta) for event_id in events}
+    space = await keyspace(pg)
+    events = await _events_on_every_primary(api, cluster, space, quantity=lambda n: 100_000, at_least=3)
+    owners = {event_id: cluster.owner(space.event(event_id).meta) for event_id in events}
     first = next(iter(events))
 
     # A replica that stops confirming: its primary's batches are decided, answered 503, kept
@@ -324,7 +334,7 @@ async def test_with_wait_replicas_a_batch_no_replica_confirms_answers_503_and_is
     finally:
         cluster.node(replica).proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
     assert [(reply.status, reply.code) for reply in stalled] == [(503, "unavailable")] * 3
-    kept = await cluster_client.hmget(event_keys(first).users, [f"s{n}" for n in range(3)])
+    kept = await cluster_client.hmget(space.event(first).users, [f"s{n}" for n in range(3)])
     assert all(kept), "a batch answered 503 was not kept on the primary"
     await asyncio.sleep(0.3)
     assert [(await api.issue(first, f"s{n}")).status for n in range(3)] == [409] * 3

@@ -8,14 +8,20 @@ import time
 import asyncpg
 from redis.asyncio import Redis
 
-from service.keys import event_keys
+from service.keys import Keyspace, stored_namespace
+
+
+async def keyspace(pg: asyncpg.Pool) -> Keyspace:
+    """The keys of the deployment whose database ``pg`` is (its namespace is stored there)."""
+    return Keyspace(await stored_namespace(pg))
 
 
 async def wait_stored(pg: asyncpg.Pool, redis: Redis, event_id: int, timeout_s: float = 15.0) -> int:
     """Wait until PostgreSQL holds as many rows as Redis issued; returns that count."""
     deadline = time.monotonic() + timeout_s
+    keys = (await keyspace(pg)).event(event_id)
     while True:
-        issued = int(await redis.get(event_keys(event_id).seq) or 0)
+        issued = int(await redis.get(keys.seq) or 0)
         rows = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
         if rows == issued:
             return int(rows)
@@ -36,7 +42,7 @@ async def assert_invariants(
     assert len(set(users)) == len(users), "a user holds two coupons"
     assert [row["ordinal"] for row in rows] == list(range(1, len(rows) + 1)), "ordinals are not 1..n"
     if redis is not None:
-        keys = event_keys(event_id)
+        keys = (await keyspace(pg)).event(event_id)
         records = await redis.hgetall(keys.users)
         seq = int(await redis.get(keys.seq) or 0)
         assert seq == len(records) == len(rows), f"redis seq {seq}, records {len(records)}, rows {len(rows)}"

@@ -14,12 +14,14 @@ from tests.support.servers import free_port
 
 
 class RedisServer:
-    def __init__(self, folder: Path, *, aof: bool) -> None:
+    def __init__(self, folder: Path, *, aof: bool, extra: tuple[str, ...] = ()) -> None:
+        """``extra``: more redis-server arguments (``--maxmemory``, ``--save``, ...)."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH")
         self.folder = folder
         self.port = free_port()
         self.aof = aof
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +44,7 @@ class RedisServer:
                 "--dir",
                 str(self.folder),
                 *persistence,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -69,3 +72,8 @@ class RedisServer:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    @property
+    def snapshot(self) -> Path:
+        """The RDB file redis-server writes on SAVE and loads at start (its default name)."""
+        return self.folder / "dump.rdb"

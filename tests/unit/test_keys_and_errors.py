@@ -9,14 +9,61 @@ from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge
 
 from service import errors
 from service.http import handle
-from service.keys import event_keys, expire_at_ms
+from service.keys import Keyspace, expire_at_ms, legacy_event_keys
 
 
 def test_an_events_keys_share_one_hash_tag() -> None:
-    keys = event_keys(42)
-    assert keys.meta == "ev:{42}:meta" and keys.seq == "ev:{42}:seq" and keys.users == "ev:{42}:users"
+    keys = Keyspace("prod").event(42)
+    assert keys.meta == "coupon:prod:ev:{42}:meta"
+    assert keys.seq == "coupon:prod:ev:{42}:seq"
+    assert keys.users == "coupon:prod:ev:{42}:users"
+    assert keys.lock == "coupon:prod:ev:{42}:lock"
     assert all("{42}" in key for key in keys)
-    assert event_keys(4).meta != event_keys(42).meta
+    # One hash tag per key (the first {...} decides the slot): the event id, nothing else.
+    assert all(key.count("{") == key.count("}") == 1 for key in keys)
+    assert Keyspace("prod").event(4).meta != keys.meta
+    assert len(set(keys)) == len(keys)
+
+
+def test_two_namespaces_never_share_a_key() -> None:
+    first, second = Keyspace("shop-a"), Keyspace("shop-b")
+
+    def every_key(space: Keyspace) -> set[str]:
+        return {
+            *space.event(42),
+            *space.event(7),
+            space.reconcile_lock,
+            space.verified,
+            space.verify_lock,
+            space.writers,
+        }
+
+    assert every_key(first).isdisjoint(every_key(second))
+    assert all(key.startswith("coupon:shop-a:") for key in every_key(first))
+    # A namespace that is a prefix of another still never shares a key with it.
+    assert every_key(Keyspace("shop")).isdisjoint(every_key(first))
+    assert len(every_key(first)) == 4 * 2 + 4
+
+
+@pytest.mark.parametrize(
+    "namespace", ["", "a{b}", "{42}", "has space", "-leading", ".leading", "x" * 65, "a:b", "é"]
+)
+def test_a_bad_namespace_is_refused(namespace: str) -> None:
+    with pytest.raises(ValueError):
+        Keyspace(namespace)
+
+
+def test_a_namespace_of_allowed_characters_is_kept() -> None:
+    for namespace in ("a", "A.b_c-9", "0" + "x" * 63):
+        assert Keyspace(namespace).namespace == namespace
+        assert Keyspace(namespace).event(1).meta.startswith(f"coupon:{namespace}:")
+
+
+def test_legacy_keys_are_the_layout_before_namespaces() -> None:
+    keys = legacy_event_keys(42)
+    assert tuple(keys) == ("ev:{42}:meta", "ev:{42}:seq", "ev:{42}:users", "ev:{42}:lock")
+    assert legacy_event_keys(4).meta != keys.meta
+    assert set(keys).isdisjoint(Keyspace("prod").event(42))
 
 
 def test_keys_expire_past_the_end_or_long_after_now_when_open_ended() -> None:

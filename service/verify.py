@@ -1,0 +1,209 @@
+"""Verifies a Redis the deployment does not know against PostgreSQL, rebuilding what is behind.
+
+One process at a time per Redis (a lock in it); the others wait for its mark. For every
+open event: put it on hold (503 ``unavailable``), wait until every writer (this host's
+workers, and other hosts through their beacons) has stored the rows it held, then compare
+the event's Redis state with PostgreSQL. Redis behind in any way (a stored issue it lacks,
+a seq below the highest stored ordinal) is rebuilt as `sync` does; either way the event
+resumes. State that cannot be the event's keeps it on hold and is refused loudly
+(service/foreign.py). Last, the Redis's run id becomes the mark (service/trust.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import LockError, RedisError
+
+from . import metrics, store
+from .decision import EventStore
+from .errors import ForeignState
+from .keys import Keyspace, legacy_event_keys
+from .lifecycle import Lifecycle
+from .store import EventRow
+from .workers import WorkerBoard
+
+logger = logging.getLogger(__name__)
+
+BEACON_S = 0.25
+# A writer whose beacon is older than this has stopped (its process died): its buffered
+# rows are gone from memory, and only what Redis recorded of them can be recovered.
+_STALE_S = 3.0
+_FORGET_S = 600.0
+_POLL_S = 0.02
+
+
+class Verifier:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        events: EventStore,
+        lifecycle: Lifecycle,
+        board: WorkerBoard,
+        *,
+        timeout_s: float,
+    ) -> None:
+        """``events`` and ``lifecycle`` talk to Redis over connections the trust gate does
+        not check (the verification itself must reach an unverified Redis)."""
+        self._pool = pool
+        self._events = events
+        self._keys: Keyspace = events.keys
+        self._lifecycle = lifecycle
+        self._board = board
+        self._timeout_s = timeout_s
+
+    async def __call__(self, run_id: str) -> None:
+        client = self._events.redis
+        assert isinstance(client, Redis)
+        lock = client.lock(self._keys.verify_lock, timeout=self._timeout_s + 30, blocking=False)
+        deadline = time.monotonic() + self._timeout_s + 30
+        while not await lock.acquire():
+            if await client.get(self._keys.verified) == run_id:
+                return  # another process verified it
+            if time.monotonic() > deadline:
+                raise TimeoutError("another process has held the verification lock too long")
+            await asyncio.sleep(_POLL_S * 5)
+        try:
+            if await client.get(self._keys.verified) == run_id:
+                return
+            if str((await client.info("server"))["run_id"]) != run_id:
+                return  # it changed again; the next connection finds out which it is now
+            await self._verify(client, run_id)
+        finally:
+            try:
+                await lock.release()
+            except (LockError, RedisError):
+                logger.warning("verification lock lapsed before release")
+
+    async def _verify(self, client: Redis, run_id: str) -> None:
+        started = time.monotonic()
+        since_ms = time.time_ns() // 1_000_000
+        live = [row for row in await store.live_events(self._pool) if row.status == "open"]
+        times = {row.id: self._lifecycle.times(row) for row in live}
+        for row in live:
+            await self._events.hold(row.id, "syncing", times[row.id])
+        self._board.bump_epoch()
+        try:
+            await self._board.wait_stored(self._timeout_s)
+            await wait_for_writers(client, self._keys, since_ms=since_ms, timeout_s=self._timeout_s)
+            rebuilt, refused = [], []
+            for row in live:
+                if await _unmoved_legacy(client, row, self._lifecycle):
+                    refused.append(row.id)
+                    metrics.foreign_state.labels("verify").inc()
+                    logger.error(
+                        "event %d still has keys of a version without namespaces: it stays on hold;"
+                        " run `couponctl upgrade-keys`",
+                        row.id,
+                    )
+                    continue
+                try:
+                    if await self._lifecycle.rebuild_held(row, "open", times[row.id], "verify"):
+                        rebuilt.append(row.id)
+                except ForeignState:
+                    refused.append(row.id)  # logged and counted where found; it stays on hold
+            await client.set(self._keys.verified, run_id)
+        finally:
+            self._board.bump_epoch()
+        paused_s = time.monotonic() - started
+        metrics.verifications.labels("rebuilt" if rebuilt else "current").inc()
+        metrics.events_rebuilt.inc(len(rebuilt))
+        metrics.verify_seconds.set(paused_s)
+        log = logger.warning if rebuilt or refused else logger.info
+        log(
+            "Redis %s verified against PostgreSQL in %.3f s: %d open events, %d behind and rebuilt %s,"
+            " %d refused %s",
+            run_id[:12],
+            paused_s,
+            len(live),
+            len(rebuilt),
+            rebuilt[:10],
+            len(refused),
+            refused[:10],
+        )
+
+
+async def _unmoved_legacy(client: Redis, row: EventRow, lifecycle: Lifecycle) -> bool:
+    """The event still has keys where a version without namespaces kept it (and not another
+    deployment's: quantity, start and end are its own); rebuilding beside them would let two
+    versions issue it."""
+    meta = await client.hgetall(legacy_event_keys(row.id).meta)
+    if not meta or meta.get("moved_to"):
+        return False
+    times = lifecycle.times(row)
+    found = (meta.get("quantity"), meta.get("starts_at"), meta.get("ends_at"))
+    return found == (str(times.quantity), str(times.starts_at_us), str(times.ends_at_us))
+
+
+def _entries(raw: dict[bytes | str, bytes | str]) -> dict[str, tuple[int, int, int]]:
+    found = {}
+    for name, value in raw.items():
+        try:
+            accepted, stored, at_ms = (int(part) for part in str(value).split(":"))
+        except ValueError:
+            continue
+        found[str(name)] = (accepted, stored, at_ms)
+    return found
+
+
+async def wait_for_writers(client: Redis, keys: Keyspace, *, since_ms: int, timeout_s: float) -> None:
+    """Return once every writer that published since ``since_ms`` has stored what it had
+    accepted by then (on every host); a writer that stops publishing is given up on."""
+    await asyncio.sleep(2 * BEACON_S + 0.05)  # every live writer has published since
+    deadline = time.monotonic() + timeout_s
+    first = _entries(await client.hgetall(keys.writers))
+    targets = {name: accepted for name, (accepted, stored, at_ms) in first.items() if at_ms >= since_ms}
+    stale = [name for name, (_, _, at_ms) in first.items() if at_ms < since_ms - _FORGET_S * 1000]
+    if stale:
+        await client.hdel(keys.writers, *stale)
+    while targets:
+        now_ms = time.time_ns() // 1_000_000
+        current = _entries(await client.hgetall(keys.writers))
+        for name, accepted in list(targets.items()):
+            entry = current.get(name)
+            if entry is None or entry[1] >= accepted:
+                del targets[name]
+            elif entry[2] < now_ms - _STALE_S * 1000:
+                logger.error(
+                    "writer %s stopped with %d rows buffered; what Redis kept is recovered",
+                    name,
+                    accepted - entry[1],
+                )
+                del targets[name]
+        if not targets:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"writers {sorted(targets)[:5]} still hold rows after {timeout_s:.1f}s")
+        await asyncio.sleep(_POLL_S)
+
+
+def writer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def publish_periodically(
+    client: Redis, keys: Keyspace, watermarks: Callable[[], tuple[int, int]]
+) -> None:
+    """This writer's beacon: its buffer's watermarks (rows accepted, rows stored), every
+    BEACON_S, so a verification on any host can wait for them."""
+    name = writer_name()
+    try:
+        while True:
+            accepted, stored = watermarks()
+            try:
+                await client.hset(keys.writers, name, f"{accepted}:{stored}:{time.time_ns() // 1_000_000}")
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.debug("beacon not published: %s", type(exc).__name__)
+            await asyncio.sleep(BEACON_S)
+    finally:
+        try:
+            await asyncio.shield(client.hdel(keys.writers, name))
+        except (RedisError, OSError, TimeoutError, asyncio.CancelledError):
+            pass

@@ -1,0 +1,200 @@
+"""Redis comes back older than the one that answered: caught, verified, rebuilt, never trusted.
+
+A restart that loads an older RDB snapshot, or an older data file restored by hand, gives
+a Redis with a new run id whose events are behind PostgreSQL. The service must decide
+nothing on it until it has been verified against PostgreSQL and the writers' buffers, and
+rebuild what is behind, with no operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.api import Api, Reply, burst
+from tests.support.invariants import assert_invariants, wait_stored
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServiceProcess
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        # No AOF: what survives a restart is the last snapshot, as with the stock redis.conf.
+        server = RedisServer(tmp_path, aof=False, extra=extra).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+async def redis_of() -> AsyncIterator[Callable[[RedisServer], Redis]]:
+    clients: list[Redis] = []
+
+    def make(server: RedisServer) -> Redis:
+        client = Redis.from_url(server.url, decode_responses=True)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def _answered(api: Api, event_id: int, user: str, timeout_s: float = 20.0) -> Reply:
+    """The first answer that is not 503 (the Redis is being verified, or a breaker is open)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await api.issue(event_id, user)
+        if reply.status != 503:
+            return reply
+        assert reply.code == "unavailable", reply
+        assert time.monotonic() < deadline, "issuing did not resume"
+        await asyncio.sleep(0.05)
+
+
+class SteadyLoad:
+    """Open-loop load: ``rate`` requests a second over several events, users drawn with
+    repeats from a pool, so a user served before a restart asks again after it."""
+
+    def __init__(self, api: Api, events: list[int], users: int, rate: int) -> None:
+        self.api = api
+        self.events = events
+        self.users = [f"u{n}" for n in range(users)]
+        self.rate = rate
+        self.replies: list[tuple[float, int, Reply]] = []
+        self._stop = asyncio.Event()
+        self._random = random.Random(16)
+
+    async def _one(self, event_id: int, user: str) -> None:
+        started = time.monotonic()
+        try:
+            reply = await self.api.issue(event_id, user)
+        except aiohttp.ClientError as exc:
+            reply = Reply(-1, repr(exc))
+        self.replies.append((started, event_id, reply))
+
+    async def run(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        deadline = time.monotonic() + 120  # bounded whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            for _ in range(self.rate // 20):
+                event_id = self._random.choice(self.events)
+                user = self._random.choice(self.users)
+                tasks.append(asyncio.create_task(self._one(event_id, user)))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _check_answers(replies: list[Reply], rows: list[asyncpg.Record], quantity: int) -> None:
+    issued = [(r.body["user_id"], r.body["ordinal"]) for r in replies if r.status == 201]
+    assert len(issued) <= quantity, f"{len(issued)} answered 201 for {quantity} coupons"
+    served = Counter(user for user, _ in issued)
+    assert max(served.values(), default=0) <= 1, (
+        f"served twice: {[u for u, n in served.items() if n > 1][:5]}"
+    )
+    stored = {row["user_id"]: row["ordinal"] for row in rows}
+    # Every 201 is stored with the ordinal it announced.
+    assert {user: stored.get(user) for user, _ in issued} == dict(issued)
+
+
+async def test_restarts_from_older_snapshots_under_load_keep_every_invariant(
+    private_redis: Callable[..., RedisServer],
+    redis_of: Callable[[RedisServer], Redis],
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Pool,
+) -> None:
+    server = private_redis()
+    redis = redis_of(server)
+    service = start_service(REDIS_URL=server.url, REDIS_BREAKER_OPEN_MS="200")
+    api = Api(service.url, http)
+    quantities = {await api.open_event(600): 600, await api.open_event(20_000): 20_000}
+    load = SteadyLoad(api, list(quantities), users=1500, rate=400)
+    running = asyncio.create_task(load.run())
+    restarts: list[float] = []
+    for _ in range(3):
+        await asyncio.sleep(1.0)
+        await redis.save()  # the snapshot the restart comes back to
+        await asyncio.sleep(1.0)  # issues after it: the restarted Redis has none of them
+        server.kill()
+        server.start()
+        restarts.append(time.monotonic())
+        redis = redis_of(server)  # the old client's connections died with the old process
+        await asyncio.sleep(2.0)
+    load.stop()
+    await running
+
+    replies = [reply for _, _, reply in load.replies]
+    statuses = Counter(reply.status for reply in replies)
+    assert set(statuses) <= {201, 409, 410, 503}, statuses
+    for event_id, quantity in quantities.items():
+        await wait_stored(pg, redis, event_id, timeout_s=30)
+        rows = await assert_invariants(pg, event_id, quantity, redis=redis)
+        _check_answers([reply for _, e, reply in load.replies if e == event_id], rows, quantity)
+    # Issuing resumed after every restart, and the restarted Redis was found behind.
+    for restarted_at in restarts:
+        assert any(at > restarted_at and reply.status == 201 for at, _, reply in load.replies)
+    metrics = (await api.request("GET", "/metrics")).body.decode()
+    assert 'coupon_redis_verifications_total{result="rebuilt"}' in metrics
+    assert (await api.request("GET", "/ready")).status == 200
+    # Whoever was served asks again after everything: 409, never a second coupon.
+    served = next(r.body for r in replies if r.status == 201)
+    assert (await _answered(api, served["event_id"], served["user_id"])).code == "already_issued"
+
+
+async def test_an_older_data_file_restored_while_the_service_runs_is_rebuilt(
+    private_redis: Callable[..., RedisServer],
+    redis_of: Callable[[RedisServer], Redis],
+    start_service: Callable[..., ServiceProcess],
+    http: aiohttp.ClientSession,
+    pg: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    server = private_redis()
+    redis = redis_of(server)
+    service = start_service(REDIS_URL=server.url, REDIS_BREAKER_OPEN_MS="200")
+    api = Api(service.url, http)
+    event_id = await api.open_event(300)
+    first = await burst(api, event_id, [f"a{n}" for n in range(100)])
+    assert all(reply.status == 201 for reply in first)
+    await redis.save()
+    older = tmp_path / "older.rdb"
+    shutil.copy(server.snapshot, older)
+    second = await burst(api, event_id, [f"b{n}" for n in range(100)])
+    assert all(reply.status == 201 for reply in second)
+    await wait_stored(pg, redis, event_id)
+
+    # An operator restores yesterday's backup: stop, swap the file, start.
+    server.kill()
+    shutil.copy(older, server.snapshot)
+    server.start()
+    redis = redis_of(server)
+
+    after = await _answered(api, event_id, "c0")
+    assert after.status == 201 and after.body["ordinal"] == 201
+    again = await burst(api, event_id, [f"b{n}" for n in range(100)])
+    assert {reply.code for reply in again} == {"already_issued"}
+    await wait_stored(pg, redis, event_id)
+    rows = await assert_invariants(pg, event_id, 300, redis=redis)
+    _check_answers([*first, *second, after], rows, 300)
+    metrics = (await api.request("GET", "/metrics")).body.decode()
+    assert 'coupon_redis_verifications_total{result="rebuilt"}' in metrics
