@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--ends-at", help="ISO 8601 with a time zone (default: open-ended)")
     create.add_argument("--coupon", help="the coupon as a JSON object, e.g. '{\"discount\": 10}'")
     create.add_argument("--open", action="store_true", help="open the event right away")
+    create.add_argument("--quiet", "-q", action="store_true", help="print the new event's id alone")
     for name, text in (
         ("open", "open an event (rebuilds its Redis state from PostgreSQL)"),
         ("close", "close an event: stop issuing, store everything, delete its Redis keys"),
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         created = client.call("POST", "/admin/events", body)
         if args.open:
             created = client.call("POST", f"/admin/events/{created['id']}/open")
-        _print(created)
+        if args.quiet:
+            print(created["id"])
+        else:
+            _print(created)
     elif args.command == "stats":
         _print(client.call("GET", f"/admin/events/{args.event_id}"))
     else:

@@ -21,7 +21,7 @@ from .config import Settings
 from .decision import EventStore, EventTimes, RedisEventState
 from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
 from .foreign import refuse_foreign
-from .keys import expire_at_ms
+from .keys import expire_at_ms, legacy_event_keys
 from .store import EventRow
 from .timefmt import iso, now_utc, to_us
 from .validation import EventSpec
@@ -242,12 +242,24 @@ class Lifecycle:
         logger.info("event %d rebuilt in Redis with status %s", row.id, status)
         return await self.report(row.id)
 
-    async def rebuild_held(self, row: EventRow, status: str, times: EventTimes, where: str) -> bool:
+    async def rebuild_held(
+        self, row: EventRow, status: str, times: EventTimes, where: str, *, legacy_moved: bool = False
+    ) -> bool:
         """Rebuild an event on hold whose buffered rows are stored; resume it with ``status``.
 
         Returns whether Redis was behind PostgreSQL (a stored issue it lacked, or a seq
         below the highest stored ordinal) and so had to be rebuilt, not only resumed.
+        An event a version without namespaces still holds (``legacy_event_keys``) is not
+        rebuilt beside those keys, where both versions would issue it, unless the caller
+        is moving them (``legacy_moved``).
         """
+        if not legacy_moved and await self._unmoved_legacy(row, times):
+            metrics.foreign_state.labels(where).inc()
+            logger.error("event %d still has keys of a version without namespaces; it stays on hold", row.id)
+            raise ForeignState(
+                f"event {row.id} is still kept where a version without namespaces keeps it; run "
+                "`couponctl upgrade-keys` first (docs/reliability.md)"
+            )
         state = await self._events.state(row.id)
         records = [IssueRecord(row.id, *record) async for record in self._events.records(row.id)]
         rows = await store.issue_records(self._pool, row.id)
@@ -271,6 +283,18 @@ class Lifecycle:
             await store.set_status(self._pool, row.id, status)
         await self._events.finish_sync(row.id, status, times, highest)
         return behind
+
+    async def _unmoved_legacy(self, row: EventRow, times: EventTimes) -> bool:
+        """Keys of this event (not another deployment's: quantity, start and end are its own)
+        where a version without namespaces kept it, not yet moved by `couponctl upgrade-keys`."""
+        if row.status == "created":
+            return False
+        raw = await self._events.redis.hgetall(legacy_event_keys(row.id).meta)
+        meta = {str(field): str(value) for field, value in raw.items()}
+        if not meta or meta.get("moved_to"):
+            return False
+        found = (meta.get("quantity"), meta.get("starts_at"), meta.get("ends_at"))
+        return found == (str(times.quantity), str(times.starts_at_us), str(times.ends_at_us))
 
     async def _restore(self, event_id: int, status: str) -> None:
         try:

@@ -153,6 +153,15 @@ suspect_events = Counter(
     "coupon_suspect_events",
     "Events put on hold and verified because the writer found Redis and PostgreSQL disagree",
 )
+# Every label value a rule or dashboard reads exists from the start, at 0: increase() over
+# a series that appears with its first increment would miss that increment.
+for _where in ("open", "sync", "reconcile", "verify", "upgrade"):
+    foreign_state.labels(_where)
+for _reason in ("over_quantity", "unknown_event", "conflict"):
+    rows_refused.labels(_reason)
+for _result in ("current", "rebuilt", "failed"):
+    verifications.labels(_result)
+
 lifecycle_operations = Counter(
     "coupon_lifecycle_operations",
     "Admin lifecycle operations (open, close, sync), by result",

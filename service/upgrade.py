@@ -88,7 +88,7 @@ async def upgrade_keys(pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecy
                     stored=stored,
                 )
                 await events.merge_records(row.id, records)
-                await lifecycle.rebuild_held(row, row.status, times, "upgrade")
+                await lifecycle.rebuild_held(row, row.status, times, "upgrade", legacy_moved=True)
             except ForeignState as exc:
                 await redis.hset(legacy.meta, "status", meta.get("status", "open"))
                 results.append(Moved(row.id, "refused", detail=str(exc)))

@@ -25,9 +25,8 @@ from redis.exceptions import LockError, RedisError
 from . import metrics, store
 from .decision import EventStore
 from .errors import ForeignState
-from .keys import Keyspace, legacy_event_keys
+from .keys import Keyspace
 from .lifecycle import Lifecycle
-from .store import EventRow
 from .workers import WorkerBoard
 
 logger = logging.getLogger(__name__)
@@ -95,15 +94,6 @@ class Verifier:
             await wait_for_writers(client, self._keys, since_ms=since_ms, timeout_s=self._timeout_s)
             rebuilt, refused = [], []
             for row in live:
-                if await _unmoved_legacy(client, row, self._lifecycle):
-                    refused.append(row.id)
-                    metrics.foreign_state.labels("verify").inc()
-                    logger.error(
-                        "event %d still has keys of a version without namespaces: it stays on hold;"
-                        " run `couponctl upgrade-keys`",
-                        row.id,
-                    )
-                    continue
                 try:
                     if await self._lifecycle.rebuild_held(row, "open", times[row.id], "verify"):
                         rebuilt.append(row.id)
@@ -128,18 +118,6 @@ class Verifier:
             len(refused),
             refused[:10],
         )
-
-
-async def _unmoved_legacy(client: Redis, row: EventRow, lifecycle: Lifecycle) -> bool:
-    """The event still has keys where a version without namespaces kept it (and not another
-    deployment's: quantity, start and end are its own); rebuilding beside them would let two
-    versions issue it."""
-    meta = await client.hgetall(legacy_event_keys(row.id).meta)
-    if not meta or meta.get("moved_to"):
-        return False
-    times = lifecycle.times(row)
-    found = (meta.get("quantity"), meta.get("starts_at"), meta.get("ends_at"))
-    return found == (str(times.quantity), str(times.starts_at_us), str(times.ends_at_us))
 
 
 def _entries(raw: dict[bytes | str, bytes | str]) -> dict[str, tuple[int, int, int]]:
