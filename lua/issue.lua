@@ -42,11 +42,14 @@ local ends_at = tonumber(meta[4])
 if ends_at > 0 and now_us >= ends_at then return all(ENDED) end
 
 local quantity = tonumber(meta[2])
-local seq = tonumber(redis.call('GET', seq_key) or '0')
--- The keys must be whole: every ordinal handed out has its record. More records than seq
--- (seq lost, evicted or expired alone) would hand ordinals out again; seq without any
--- record (the users hash lost) would serve users twice. Either is lost state: 503 until
--- sync rebuilds it, never a fresh event (I1, I2).
+-- The keys must be whole. An open event always has seq (finish_sync writes it, 0 or more):
+-- without it (lost, evicted or expired alone) ordinals would be handed out again. Every
+-- ordinal handed out has its record: more records than seq, or seq without any record
+-- (the users hash lost), would serve users twice. Any of them is lost state: 503 until it
+-- is rebuilt, never a fresh event (I1, I2).
+local raw_seq = redis.call('GET', seq_key)
+if not raw_seq then return all(BROKEN) end
+local seq = tonumber(raw_seq)
 local records = redis.call('HLEN', users_key)
 if records > seq or (seq > 0 and records == 0) then return all(BROKEN) end
 local first = seq

@@ -11,6 +11,7 @@ from functools import partial
 from types import SimpleNamespace
 
 import asyncpg
+from redis.asyncio import Redis
 from sanic import Sanic
 from sanic.config import Config
 
@@ -105,9 +106,14 @@ async def _start_worker(app: App, settings: Settings, namespace: str) -> None:
     connections = settings.issue_inflight_max + _EXTRA_REDIS_CONNECTIONS
     timeout_s = settings.redis_timeout_s
     keys = Keyspace(namespace)
-    ctx.trust = Trust(keys)
+    ctx.trust = Trust(keys, cluster=settings.redis_cluster)
     ctx.redis = (
-        connect_cluster(settings.redis_cluster_nodes, max_connections=connections, timeout_s=timeout_s)
+        connect_cluster(
+            settings.redis_cluster_nodes,
+            max_connections=connections,
+            timeout_s=timeout_s,
+            on_connect=ctx.trust.admit,
+        )
         if settings.redis_cluster
         else connect(
             settings.redis_url, max_connections=connections, timeout_s=timeout_s, on_connect=ctx.trust.admit
@@ -120,6 +126,31 @@ async def _start_worker(app: App, settings: Settings, namespace: str) -> None:
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
         issue_lane=settings.issue_inflight_max,
+        admit=ctx.trust.admit_shard if settings.redis_cluster else None,
+    )
+    # Connections the trust gate does not check: the verification of a Redis, the watch of
+    # its identity and the writers' beacons must reach a Redis not yet verified. One retry:
+    # a connection left from before a restart fails once, and all they send is idempotent.
+    guard_timeout_s = max(timeout_s, 1.0)
+    ctx.guard_redis = (
+        connect_cluster(
+            settings.redis_cluster_nodes,
+            max_connections=_GUARD_REDIS_CONNECTIONS,
+            timeout_s=guard_timeout_s,
+            retries=1,
+        )
+        if settings.redis_cluster
+        else connect(
+            settings.redis_url, max_connections=_GUARD_REDIS_CONNECTIONS, timeout_s=guard_timeout_s, retries=1
+        )
+    )
+    guard_events = EventStore(ctx.guard_redis, keys)
+    ctx.trust.verify = Verifier(
+        ctx.pool,
+        guard_events,
+        Lifecycle(ctx.pool, guard_events, ctx.board, settings),
+        ctx.board,
+        timeout_s=settings.sync_timeout_s,
     )
     try:
         await ctx.events.load_scripts()
@@ -166,24 +197,6 @@ async def _start_worker(app: App, settings: Settings, namespace: str) -> None:
         decide_within_s=settings.redis_timeout_s - min(0.05, settings.redis_timeout_s / 10),
     )
     ctx.lifecycle = Lifecycle(ctx.pool, ctx.events, ctx.board, settings)
-    # Connections the trust gate does not check: the verification of a Redis, the watch of
-    # its identity and the writers' beacons must reach a Redis not yet verified.
-    ctx.guard_redis = (
-        None
-        if settings.redis_cluster
-        else connect(
-            settings.redis_url, max_connections=_GUARD_REDIS_CONNECTIONS, timeout_s=max(timeout_s, 1.0)
-        )
-    )
-    if ctx.guard_redis is not None:
-        guard_events = EventStore(ctx.guard_redis, keys)
-        ctx.trust.verify = Verifier(
-            ctx.pool,
-            guard_events,
-            Lifecycle(ctx.pool, guard_events, ctx.board, settings),
-            ctx.board,
-            timeout_s=settings.sync_timeout_s,
-        )
     ctx.suspects = SuspectEvents(ctx.lifecycle)
     multiplexer = getattr(app, "multiplexer", None)
     ctx.supervisor = (
@@ -195,16 +208,16 @@ async def _start_worker(app: App, settings: Settings, namespace: str) -> None:
     ctx.sampler = loop.create_task(metrics.sample_process(), name="sample-process")
     ctx.tally = loop.create_task(metrics.tally.flush_periodically(), name="metrics-tally")
     ctx.eviction_task = loop.create_task(ctx.eviction.run(), name="eviction-watch")
+    # The watch of surviving connections is for one Redis: a cluster's failover always
+    # means new connections, each admitted by the gate.
     ctx.trust_task = (
-        loop.create_task(ctx.trust.watch(ctx.guard_redis), name="trust-watch") if ctx.guard_redis else None
-    )
-    ctx.beacon = (
-        loop.create_task(
-            publish_periodically(ctx.guard_redis, keys, lambda: (ctx.buffer.accepted, ctx.buffer.stored)),
-            name="writer-beacon",
-        )
-        if ctx.guard_redis
+        loop.create_task(ctx.trust.watch(ctx.guard_redis), name="trust-watch")
+        if isinstance(ctx.guard_redis, Redis)
         else None
+    )
+    ctx.beacon = loop.create_task(
+        publish_periodically(ctx.guard_redis, keys, lambda: (ctx.buffer.accepted, ctx.buffer.stored)),
+        name="writer-beacon",
     )
     ctx.reconciler = loop.create_task(
         run_periodically(
@@ -238,18 +251,15 @@ async def _stop_worker(app: App, settings: Settings) -> None:
     await ctx.issuer.coalescer.close()
     await ctx.writer.close(settings.graceful_timeout_s)
     # The beacon goes last: a verification elsewhere waits for this buffer while it drains.
-    for task in (ctx.beacon,):
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    ctx.beacon.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ctx.beacon
     await ctx.trust.close()
     await ctx.suspects.close()
     ctx.board.release()
     await ctx.events.close()
     await ctx.redis.aclose()
-    if ctx.guard_redis is not None:
-        await ctx.guard_redis.aclose()
+    await ctx.guard_redis.aclose()
     await ctx.writer_pool.close()
     await ctx.pool.close()
     metrics.tally.flush()

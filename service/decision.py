@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from lua import source
 
@@ -80,24 +80,39 @@ class NotReplicated(RedisError):
 
 
 def connect_cluster(
-    seeds: Sequence[tuple[str, int]], *, max_connections: int, timeout_s: float
+    seeds: Sequence[tuple[str, int]],
+    *,
+    max_connections: int,
+    timeout_s: float,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+    retries: int = 0,
 ) -> RedisCluster:
     """A Redis Cluster client: each event's keys share a hash tag, so each decision goes
-    to the one primary serving the event's slot."""
-    return RedisCluster(
+    to the one primary serving the event's slot. ``on_connect`` replaces the handshake of
+    every connection to every node (service/trust.py)."""
+    cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in seeds],
         # Per node. The pool does not wait for a free connection: the coalescer bounds the
         # issue path's calls, EventStore bounds the rest.
         max_connections=max_connections,
         # No retries, as for one Redis: MOVED and ASK are still followed (nothing ran), a
         # failed node costs a 503 and a refresh of the slot map before the next command.
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), retries),
         # Shards whose primary is up keep serving while another shard fails over.
         require_full_coverage=False,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=True,
     )
+    if on_connect is not None:
+        # RedisCluster takes no connect hook of its own: it goes into the connection
+        # settings every node is made with, before any node has connected.
+        manager = cluster.nodes_manager
+        for kwargs in (cluster.connection_kwargs, manager.connection_kwargs):
+            kwargs["redis_connect_func"] = on_connect
+        for node in (*manager.startup_nodes.values(), *manager.nodes_cache.values()):
+            node.connection_kwargs["redis_connect_func"] = on_connect
+    return cluster
 
 
 def connect(
@@ -106,16 +121,18 @@ def connect(
     max_connections: int,
     timeout_s: float,
     on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+    retries: int = 0,
 ) -> Redis:
     """One Redis; ``on_connect`` replaces redis-py's handshake on every new connection
-    (service/trust.py admits a connection only to a verified Redis)."""
+    (service/trust.py admits a connection only to a verified Redis). ``retries``: only for
+    clients whose every command may run twice (the verification's), never the issue path."""
     # A blocking pool waits for a free connection instead of raising "Too many connections"
     # when thousands of requests are in flight; the wait and every command are bounded (I5).
     pool = BlockingConnectionPool.from_url(
         url,
         # No retries: a retried decision whose first attempt did run would answer its
         # users 409, and a down Redis must cost a fast 503 (I5), not attempts and backoff.
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), retries),
         max_connections=max_connections,
         timeout=timeout_s,
         socket_timeout=timeout_s,
@@ -145,9 +162,13 @@ class EventStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 50,
         issue_lane: int = 4,
+        admit: Callable[[str], None] | None = None,
     ) -> None:
+        """``admit(shard)`` raises unless decisions may go to that cluster primary now
+        (service/trust.py); it is asked after the connection to it is open."""
         self.redis = redis
         self.keys = keys
+        self._admit = admit
         self.cluster = isinstance(redis, RedisCluster)
         # Calls outside the issue path (reads, admin): at most this many at once per worker,
         # so a burst of reads cannot exhaust a cluster node's non-blocking pool.
@@ -287,27 +308,60 @@ class EventStore:
         """The script straight to the primary the slot map names: the cluster client's own
         routing costs more CPU per call than the call itself (make bench-cluster). A
         MOVED, ASK or failed node is a 503 (nothing ran) and a refresh of the slot map."""
-        node = cluster.get_node_from_key(keys[0])
+        (reply,) = await self._on_primary(
+            cluster, keys[0], ("EVALSHA", str(self._issue.sha), len(keys), *keys, *args)
+        )
+        if isinstance(reply, NoScriptError):
+            (reply,) = await self._on_primary(
+                cluster, keys[0], ("EVAL", str(self._issue.script), len(keys), *keys, *args)
+            )
+        if isinstance(reply, Exception):
+            self.refresh_topology()
+            raise reply
+        return reply  # type: ignore[no-any-return]
+
+    async def _on_primary(
+        self, cluster: RedisCluster, key: str, *commands: tuple[str | int, ...]
+    ) -> list[Any]:
+        """Commands in one write on one connection to the primary serving ``key``'s slot,
+        once the trust gate admits that primary: a connection opened here has been through
+        the identity check before the check below reads its verdict. Error replies are
+        returned, not raised, so every reply is read and the connection stays usable."""
+        node = cluster.get_node_from_key(key)
         if node is None:
             self.refresh_topology()
-            raise RedisConnectionError(f"no primary serves the slot of {keys[0]}")
+            raise RedisConnectionError(f"no primary serves the slot of {key}")
+        connection = node.acquire_connection()
         try:
-            try:
-                return await node.execute_command(  # type: ignore[no-any-return]
-                    "EVALSHA", str(self._issue.sha), len(keys), *keys, *args
-                )
-            except NoScriptError:
-                return await node.execute_command(  # type: ignore[no-any-return]
-                    "EVAL", str(self._issue.script), len(keys), *keys, *args
-                )
+            await connection.connect()  # type: ignore[no-untyped-call]
+            if self._admit is not None:
+                self._admit(node.name)
+            await connection.send_packed_command(
+                b"".join(hiredis.pack_command(command) for command in commands),  # type: ignore[arg-type]
+                check_health=False,
+            )
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
         except RuntimeError as exc:
+            await connection.disconnect(nowait=True)
             raise self._closed_transport(exc) from exc
         except RedisError:
+            await connection.disconnect(nowait=True)
             self.refresh_topology()
             raise
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            node.release(connection)
+        return replies
 
     async def _run_replicated(self, keys: list[str], args: list[str | int]) -> list[int]:
-        """The script and WAIT in one pipeline on one connection: WAIT counts the replicas
+        """The script and WAIT in one write on one connection: WAIT counts the replicas
         that have this connection's last write."""
         try:
             reply, acknowledged = await self._pipeline_wait("EVALSHA", str(self._issue.sha), keys, args)
@@ -331,13 +385,11 @@ class EventStore:
     ) -> tuple[Any, Any]:
         wait = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
         if isinstance(self.redis, RedisCluster):
-            # Both commands to the node the slot map names; a MOVED is an error, not a
-            # redirect (followed alone, the script would leave WAIT on the old node).
-            node = self.redis.get_node_from_key(keys[0])
-            cluster_pipe = self.redis.pipeline()
-            cluster_pipe.execute_command(command, script, len(keys), *keys, *args, target_nodes=node)
-            cluster_pipe.execute_command(*wait, target_nodes=node)
-            reply, acknowledged = await cluster_pipe.execute(raise_on_error=False, allow_redirections=False)
+            # Both to the node the slot map names; a MOVED is an error, not a redirect
+            # (followed alone, the script would leave WAIT on the old node).
+            reply, acknowledged = await self._on_primary(
+                self.redis, keys[0], (command, script, len(keys), *keys, *args), wait
+            )
             return reply, acknowledged
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.execute_command(command, script, len(keys), *keys, *args)

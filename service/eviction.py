@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import metrics
 
@@ -110,6 +110,6 @@ class EvictionWatch:
         while True:
             try:
                 await self.check()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 logger.debug("eviction policy not read: %s", type(exc).__name__)
             await asyncio.sleep(CHECK_INTERVAL_S)

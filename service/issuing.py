@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from batcher import Buffer, BufferFull, IssueRecord, Writer
 
@@ -127,6 +127,9 @@ class Issuer:
             # Redis is not the one verified against PostgreSQL (connections survived a
             # FLUSHALL, say): it decides nothing until verified (I1-I3).
             raise Unavailable(self._trust.refusal)
+        untrusted = self._trust.untrusted
+        if untrusted and self._events.shard(event_id) in untrusted:
+            raise Unavailable(untrusted[self._events.shard(event_id)])
         # Room first: a full buffer answers 503 before Redis decides anything (I5).
         try:
             self._buffer.reserve(len(users))
@@ -157,7 +160,7 @@ class Issuer:
             metrics.decide_unreplicated.inc()
             logger.warning("issue batch for event %d not replicated in time: %s", event_id, exc)
             raise Unavailable("the issue could not be confirmed; retry shortly") from exc
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             self._buffer.release(len(users))
             breaker.record_failure()
             metrics.decide_failures.inc()
@@ -210,5 +213,7 @@ class Issuer:
             return Closed()
         if status == "created":
             return NotStarted("the event has not been opened")
-        # Open in PostgreSQL but unknown to Redis: Redis lost its data; sync rebuilds it.
+        # Open in PostgreSQL but unknown to Redis: Redis lost it (all of it, or the event's
+        # meta alone); it is rebuilt from PostgreSQL and the buffers.
+        self._on_broken(event_id)
         return Unavailable("the event's state is being recovered; retry shortly")

@@ -16,6 +16,7 @@ import re
 from typing import NamedTuple
 
 import asyncpg
+from redis.crc import key_slot
 
 # A namespace is part of every key: no braces (they would move the hash tag), no spaces.
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -49,6 +50,11 @@ class Keyspace:
         self.writers = f"{prefix}:writers"
         self._events: dict[int, EventKeys] = {}
 
+    def verified_on(self, tag: str) -> tuple[str, str]:
+        """A cluster primary's mark and verification lock: keys in a slot it serves (``tag``
+        hashes to it), so each primary carries its own."""
+        return f"{self._prefix}:verified:{{{tag}}}", f"{self._prefix}:lock:verify:{{{tag}}}"
+
     def event(self, event_id: int) -> EventKeys:
         keys = self._events.get(event_id)
         if keys is None:
@@ -61,6 +67,20 @@ class Keyspace:
 
     def __repr__(self) -> str:
         return f"Keyspace({self.namespace!r})"
+
+
+_TAGS: dict[int, str] = {}
+
+
+def tag_for_slot(slot: int) -> str:
+    """A short hash tag whose keys land in ``slot`` (found by trying "0", "1", …; cached)."""
+    tag = _TAGS.get(slot)
+    if tag is None:
+        candidate = 0
+        while key_slot(str(candidate).encode()) != slot:
+            candidate += 1
+        tag = _TAGS[slot] = str(candidate)
+    return tag
 
 
 def legacy_event_keys(event_id: int) -> EventKeys:

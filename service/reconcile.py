@@ -13,7 +13,7 @@ import logging
 import time
 
 import asyncpg
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
 from .decision import EventStore
@@ -116,7 +116,14 @@ async def run_periodically(
                 # The first pass reads everything: a killed predecessor's rows go in at once.
                 read_all=not started,
             )
-        except (TimeoutError, RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            TimeoutError,
+            RedisError,
+            RedisClusterException,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
             metrics.reconcile_failures.inc()
             written = None

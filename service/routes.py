@@ -7,7 +7,7 @@ import logging
 from importlib import resources
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sanic import Blueprint, HTTPResponse, Request
 
 from . import metrics, store, validation
@@ -150,20 +150,23 @@ async def health(request: Request) -> HTTPResponse:
 @public.get("/ready", name="ready")
 @observed
 async def ready(request: Request) -> HTTPResponse:
-    """Ready when Redis answers with the scripts loaded and cannot evict keys (or an operator
-    accepted that it may), and PostgreSQL answers."""
+    """Ready when Redis answers with the scripts loaded, has been verified against PostgreSQL
+    since it last changed, and cannot evict keys (or an operator accepted that it may), and
+    PostgreSQL answers."""
     ctx = request.app.ctx
     timeout_s = ctx.settings.redis_timeout_s
-    checks = {"redis": False, "scripts": False, "noeviction": False, "postgres": False}
+    checks = {"redis": False, "scripts": False, "verified": False, "noeviction": False, "postgres": False}
     try:
         loaded = await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s)
         checks["redis"] = True
         if not loaded:
             await asyncio.wait_for(ctx.events.load_scripts(), timeout_s)
         checks["scripts"] = True
+        # Every Redis that decides was verified against PostgreSQL since it last changed.
+        checks["verified"] = ctx.trust.refusal is None and not ctx.trust.untrusted
         await asyncio.wait_for(ctx.eviction.check(), timeout_s)
         checks["noeviction"] = ctx.eviction.unsafe is None
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         logger.debug("not ready: Redis: %s", type(exc).__name__)
     try:
         await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), max(timeout_s, 1.0))

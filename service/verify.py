@@ -20,18 +20,21 @@ from collections.abc import Callable
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import LockError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.cluster import PRIMARY
+from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
 from .decision import EventStore
 from .errors import ForeignState
 from .keys import Keyspace
 from .lifecycle import Lifecycle
+from .trust import Target
 from .workers import WorkerBoard
 
 logger = logging.getLogger(__name__)
 
-BEACON_S = 0.25
+BEACON_S = 0.1
 # A writer whose beacon is older than this has stopped (its process died): its buffered
 # rows are gone from memory, and only what Redis recorded of them can be recovered.
 _STALE_S = 3.0
@@ -58,33 +61,47 @@ class Verifier:
         self._board = board
         self._timeout_s = timeout_s
 
-    async def __call__(self, run_id: str) -> None:
+    async def __call__(self, target: Target) -> None:
         client = self._events.redis
-        assert isinstance(client, Redis)
-        lock = client.lock(self._keys.verify_lock, timeout=self._timeout_s + 30, blocking=False)
+        lock = client.lock(target.lock, timeout=self._timeout_s + 30, blocking=False)
         deadline = time.monotonic() + self._timeout_s + 30
         while not await lock.acquire():
-            if await client.get(self._keys.verified) == run_id:
+            if await client.get(target.mark) == target.run_id:
                 return  # another process verified it
             if time.monotonic() > deadline:
                 raise TimeoutError("another process has held the verification lock too long")
             await asyncio.sleep(_POLL_S * 5)
         try:
-            if await client.get(self._keys.verified) == run_id:
+            if await client.get(target.mark) == target.run_id:
                 return
-            if str((await client.info("server"))["run_id"]) != run_id:
+            if await self._run_id(target) != target.run_id:
                 return  # it changed again; the next connection finds out which it is now
-            await self._verify(client, run_id)
+            await self._verify(client, target)
         finally:
             try:
                 await lock.release()
             except (LockError, RedisError):
                 logger.warning("verification lock lapsed before release")
 
-    async def _verify(self, client: Redis, run_id: str) -> None:
+    async def _run_id(self, target: Target) -> str | None:
+        client = self._events.redis
+        if not isinstance(client, RedisCluster):
+            return str((await client.info("server"))["run_id"])
+        await client.nodes_manager.initialize()  # the slot map after the failover
+        node = client.get_node(node_name=target.name)
+        if node is None or node.server_type != PRIMARY:
+            return None
+        return str((await client.info("server", target_nodes=node))["run_id"])
+
+    async def _verify(self, client: Redis | RedisCluster, target: Target) -> None:
         started = time.monotonic()
         since_ms = time.time_ns() // 1_000_000
-        live = [row for row in await store.live_events(self._pool) if row.status == "open"]
+        live = [
+            row
+            for row in await store.live_events(self._pool)
+            # On a cluster only the events this primary serves pause.
+            if row.status == "open" and (target.name == "redis" or self._events.shard(row.id) == target.name)
+        ]
         times = {row.id: self._lifecycle.times(row) for row in live}
         for row in live:
             await self._events.hold(row.id, "syncing", times[row.id])
@@ -99,7 +116,7 @@ class Verifier:
                         rebuilt.append(row.id)
                 except ForeignState:
                     refused.append(row.id)  # logged and counted where found; it stays on hold
-            await client.set(self._keys.verified, run_id)
+            await client.set(target.mark, target.run_id)
         finally:
             self._board.bump_epoch()
         paused_s = time.monotonic() - started
@@ -108,9 +125,10 @@ class Verifier:
         metrics.verify_seconds.set(paused_s)
         log = logger.warning if rebuilt or refused else logger.info
         log(
-            "Redis %s verified against PostgreSQL in %.3f s: %d open events, %d behind and rebuilt %s,"
-            " %d refused %s",
-            run_id[:12],
+            "Redis %s (%s) verified against PostgreSQL in %.3f s: %d open events, %d behind and"
+            " rebuilt %s, %d refused %s",
+            target.name,
+            target.run_id[:12],
             paused_s,
             len(live),
             len(rebuilt),
@@ -131,7 +149,9 @@ def _entries(raw: dict[bytes | str, bytes | str]) -> dict[str, tuple[int, int, i
     return found
 
 
-async def wait_for_writers(client: Redis, keys: Keyspace, *, since_ms: int, timeout_s: float) -> None:
+async def wait_for_writers(
+    client: Redis | RedisCluster, keys: Keyspace, *, since_ms: int, timeout_s: float
+) -> None:
     """Return once every writer that published since ``since_ms`` has stored what it had
     accepted by then (on every host); a writer that stops publishing is given up on."""
     await asyncio.sleep(2 * BEACON_S + 0.05)  # every live writer has published since
@@ -167,7 +187,7 @@ def writer_name() -> str:
 
 
 async def publish_periodically(
-    client: Redis, keys: Keyspace, watermarks: Callable[[], tuple[int, int]]
+    client: Redis | RedisCluster, keys: Keyspace, watermarks: Callable[[], tuple[int, int]]
 ) -> None:
     """This writer's beacon: its buffer's watermarks (rows accepted, rows stored), every
     BEACON_S, so a verification on any host can wait for them."""
@@ -177,11 +197,11 @@ async def publish_periodically(
             accepted, stored = watermarks()
             try:
                 await client.hset(keys.writers, name, f"{accepted}:{stored}:{time.time_ns() // 1_000_000}")
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 logger.debug("beacon not published: %s", type(exc).__name__)
             await asyncio.sleep(BEACON_S)
     finally:
         try:
             await asyncio.shield(client.hdel(keys.writers, name))
-        except (RedisError, OSError, TimeoutError, asyncio.CancelledError):
+        except (RedisError, RedisClusterException, OSError, TimeoutError, asyncio.CancelledError):
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -180,21 +181,30 @@ async def test_health_and_ready(api: Api) -> None:
     assert ready.status == 200 and ready.body["checks"] == {
         "redis": True,
         "scripts": True,
+        "verified": True,
         "noeviction": True,
         "postgres": True,
     }
 
 
-async def test_event_whose_redis_state_is_lost_answers_503_until_sync(
+async def test_event_whose_redis_state_is_lost_answers_503_then_is_rebuilt_unasked(
     api: Api, pg: asyncpg.Pool, redis: Redis
 ) -> None:
     event_id = await api.open_event(5)
     assert (await api.issue(event_id, 1)).status == 201
+    await wait_stored(pg, redis, event_id)
     keys = (await keyspace(pg)).event(event_id)
     await redis.delete(keys.meta, keys.seq, keys.users)
+    # Never "unknown event", never "full stock": 503 while it is rebuilt from PostgreSQL.
     reply = await api.issue(event_id, 2)
     assert (reply.status, reply.code) == (503, "unavailable")
-    assert (await api.request("GET", f"/events/{event_id}")).body["status"] == "unavailable"
+    deadline = time.monotonic() + 10
+    while (reply := await api.issue(event_id, 2)).status == 503:
+        assert time.monotonic() < deadline, "the event was not rebuilt"
+        await asyncio.sleep(0.05)
+    assert (reply.status, reply.body["ordinal"]) == (201, 2)
+    assert (await api.issue(event_id, 1)).code == "already_issued"
+    assert (await api.request("GET", f"/events/{event_id}")).body["remaining"] == 3
 
 
 async def test_with_user_authentication_the_token_says_who_asks(
