@@ -63,6 +63,11 @@ class Verifier:
 
     async def __call__(self, target: Target) -> None:
         client = self._events.redis
+        if isinstance(client, RedisCluster):
+            # A verification follows a failover: the slot map from before it names the dead
+            # primary for the very slots this one now serves.
+            await client.initialize()  # once per client (its parser needs it)
+            await client.nodes_manager.initialize()
         lock = client.lock(target.lock, timeout=self._timeout_s + 30, blocking=False)
         deadline = time.monotonic() + self._timeout_s + 30
         while not await lock.acquire():
@@ -87,7 +92,6 @@ class Verifier:
         client = self._events.redis
         if not isinstance(client, RedisCluster):
             return str((await client.info("server"))["run_id"])
-        await client.nodes_manager.initialize()  # the slot map after the failover
         node = client.get_node(node_name=target.name)
         if node is None or node.server_type != PRIMARY:
             return None
