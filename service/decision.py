@@ -233,7 +233,7 @@ class EventStore:
         except RuntimeError as exc:
             raise self._closed_transport(exc) from exc
 
-    def _closed_transport(self, exc: RuntimeError) -> RedisConnectionError:
+    def _closed_transport(self, exc: Exception) -> RedisConnectionError:
         # uvloop raises RuntimeError, not a connection error, when redis-py writes to a
         # connection whose peer just died (seen when a cluster primary is killed).
         self.refresh_topology()
@@ -346,7 +346,9 @@ class EventStore:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-        except RuntimeError as exc:
+        except (RuntimeError, AttributeError) as exc:
+            # RuntimeError: uvloop on a peer that just died. AttributeError: a slot-map
+            # refresh closed this node's connections, this one mid-send (its writer gone).
             await connection.disconnect(nowait=True)
             raise self._closed_transport(exc) from exc
         except RedisError:

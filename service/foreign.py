@@ -75,6 +75,9 @@ def _problem(
         return f"{count} records for a quantity of {quantity}"
     if event_status == "created" and (count or issued):
         return f"the event was never opened, yet Redis holds {count} records (seq {issued})"
+    if issued and not count and not stored:
+        # Nobody holds any of those ordinals, here or in PostgreSQL: nothing to rebuild from.
+        return f"seq {issued} with no record of any issue, in Redis or in PostgreSQL"
     if stored is not None:
         by_ordinal = {ordinal: user for user, ordinal in stored.items()}
         for ordinal, user in holders.items():

@@ -62,8 +62,21 @@ def start_service(
         started.append(process)
         return process.start()
 
+    start.started = started  # type: ignore[attr-defined]
     yield start
     for process in started:
+        process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _stop_the_services_a_test_started(start_service: Callable[..., ServiceProcess]) -> Iterator[None]:
+    """A service a test (or its function-scoped fixtures) started stops with the test: left
+    running, each holds PostgreSQL connections and keeps retrying servers the test killed.
+    Services of session and module fixtures are set up before this and are left alone."""
+    started: list[ServiceProcess] = start_service.started  # type: ignore[attr-defined]
+    before = len(started)
+    yield
+    for process in started[before:]:
         process.stop()
 
 

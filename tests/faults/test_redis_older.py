@@ -78,6 +78,7 @@ class SteadyLoad:
         self.users = [f"u{n}" for n in range(users)]
         self.rate = rate
         self.replies: list[tuple[float, int, Reply]] = []
+        self.took: list[tuple[int, float]] = []
         self._stop = asyncio.Event()
         self._random = random.Random(16)
 
@@ -88,6 +89,7 @@ class SteadyLoad:
         except aiohttp.ClientError as exc:
             reply = Reply(-1, repr(exc))
         self.replies.append((started, event_id, reply))
+        self.took.append((reply.status, time.monotonic() - started))
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
@@ -102,6 +104,26 @@ class SteadyLoad:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _summary(load: SteadyLoad, restarts: list[float]) -> str:
+    """What the restarts cost, for the record: answers, pauses, latency."""
+    answers = sorted(load.replies, key=lambda item: item[0])
+    pauses = []
+    for restarted_at in restarts:
+        resumed = [at for at, _, reply in answers if at > restarted_at and reply.status == 201]
+        pauses.append(resumed[0] - restarted_at if resumed else float("inf"))
+    statuses = Counter(reply.status for _, _, reply in answers)
+
+    def p99_ms(status: int | None) -> float:
+        took = sorted(s for code, s in load.took if status is None or code == status)
+        return round(1000 * took[int(0.99 * (len(took) - 1))], 1) if took else 0.0
+
+    return (
+        f"snapshot restarts: {len(answers)} answers {dict(statuses)}, "
+        f"pauses after each restart (restart to first 201) {[round(p, 2) for p in pauses]} s, "
+        f"p99 {p99_ms(None)} ms (201: {p99_ms(201)} ms, 503: {p99_ms(503)} ms)"
+    )
 
 
 def _check_answers(replies: list[Reply], rows: list[asyncpg.Record], quantity: int) -> None:
@@ -145,6 +167,7 @@ async def test_restarts_from_older_snapshots_under_load_keep_every_invariant(
 
     replies = [reply for _, _, reply in load.replies]
     statuses = Counter(reply.status for reply in replies)
+    print(_summary(load, restarts))
     assert set(statuses) <= {201, 409, 410, 503}, statuses
     for event_id, quantity in quantities.items():
         await wait_stored(pg, redis, event_id, timeout_s=30)

@@ -1,8 +1,10 @@
 """A property test of the decision scripts against a small model of the rules, on real Redis.
 
 Random interleavings of issue batches, close, reopen, sync and Redis losing the event's
-state. The model plays PostgreSQL too: it keeps every issue ever decided, which is what
-a rebuild reads back. After every step Redis must agree with the model exactly.
+state; and random state planted in Redis before an open, which the open must refuse or
+take without ever breaking I1 or I2. The model plays PostgreSQL too: it keeps every issue
+ever decided, which is what a rebuild reads back. After every step Redis must agree with
+the model exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from service.decision import EventStore, EventTimes, Outcome
+from service.errors import ForeignState
+from service.foreign import refuse_foreign
 from service.keys import Keyspace
 from tests.support.invariants import keyspace
 
@@ -118,3 +122,95 @@ def test_the_scripts_follow_the_rules_over_any_interleaving(
     space: Keyspace, quantity: int, steps: list[tuple[str, list[str] | None]]
 ) -> None:
     asyncio.run(_run(space, quantity, steps))
+
+
+planted_record = st.tuples(
+    st.sampled_from([*USERS, "x0", "x1", "x2"]), st.integers(min_value=-1, max_value=10)
+)
+
+
+async def _run_planted(
+    space: Keyspace,
+    quantity: int,
+    truth_count: int,
+    planted: list[tuple[str, int]],
+    planted_seq: int | None,
+    planted_quantity: int | None,
+) -> None:
+    """Redis holds state nobody can vouch for when an event is opened: planted records, a
+    planted seq, a planted quantity. The open either refuses it (nothing merged, nothing
+    issued) or takes it, and then no sequence of issues breaks I1 or I2."""
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    events = EventStore(redis, space)
+    event_id = next(_event_ids)
+    keys = space.event(event_id)
+    seconds, micros = await redis.time()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    times = EventTimes(quantity, now_us - 1_000_000, 0, now_us // 1000 + 600_000)
+    truth = {USERS[n]: n + 1 for n in range(min(truth_count, quantity))}  # what "PostgreSQL" holds
+    try:
+        if planted:
+            await redis.hset(keys.users, mapping={user: f"{ordinal}:0" for user, ordinal in planted})
+        if planted_seq is not None:
+            await redis.set(keys.seq, planted_seq)
+        if planted_quantity is not None:
+            await redis.hset(keys.meta, mapping={"status": "closed", "quantity": planted_quantity})
+        before = await redis.hgetall(keys.users)
+        # What open does: hold, check Redis against PostgreSQL, then merge and finish.
+        await events.hold(event_id, "syncing", times)
+        state = await events.state(event_id)
+        records = [(user, ordinal) async for user, ordinal, _ in events.records(event_id)]
+        try:
+            refuse_foreign(
+                event_id=event_id,
+                where="open",
+                event_status="open",
+                quantity=quantity,
+                redis_quantity=state.quantity,
+                issued=state.issued,
+                records=records,
+                stored=truth,
+            )
+        except ForeignState:
+            assert await redis.hgetall(keys.users) == before, "a refusal merged something"
+            assert (await events.decide(event_id, ["new"]))[1:] == [Outcome.SYNCING]
+            return
+        taken = dict(records)
+        await events.merge_records(event_id, [(u, o, 0) for u, o in truth.items() if u not in taken])
+        highest = max([*truth.values(), *taken.values()], default=0)
+        await events.finish_sync(event_id, "open", times, highest)
+        reply = await events.decide(event_id, [f"n{n}" for n in range(quantity + 3)] + list(truth))
+        outcomes = reply[1:]
+        assert all(
+            code in (Outcome.SOLD_OUT, Outcome.ALREADY_ISSUED) or 0 < code <= quantity for code in outcomes
+        )
+        held = {u: int(v.split(":")[0]) for u, v in (await redis.hgetall(keys.users)).items()}
+        assert len(held) <= quantity, f"over-issue: {len(held)} for {quantity}"
+        assert len(set(held.values())) == len(held), "an ordinal held twice"
+        assert all(1 <= o <= quantity for o in held.values())
+        assert all(held.get(u) == o for u, o in truth.items()), "a stored issue was lost or changed"
+        # seq may stand above every holder (ordinals whose record nobody kept), never below.
+        assert max(held.values(), default=0) <= int(await redis.get(keys.seq)) <= quantity
+    finally:
+        await redis.delete(keys.meta, keys.seq, keys.users)
+        await events.close()
+        await redis.aclose()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    quantity=st.integers(min_value=1, max_value=8),
+    truth_count=st.integers(min_value=0, max_value=8),
+    planted=st.lists(planted_record, max_size=10),
+    planted_seq=st.none() | st.integers(min_value=0, max_value=12),
+    planted_quantity=st.none() | st.integers(min_value=1, max_value=9),
+)
+def test_state_planted_in_redis_before_open_is_refused_or_never_breaks_the_invariants(
+    space: Keyspace,
+    quantity: int,
+    truth_count: int,
+    planted: list[tuple[str, int]],
+    planted_seq: int | None,
+    planted_quantity: int | None,
+) -> None:
+    asyncio.run(_run_planted(space, quantity, truth_count, planted, planted_seq, planted_quantity))

@@ -75,6 +75,8 @@ def hosts(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             stack.close()
         for instance in instances:
             instance.stop()
+        for instance in instances:
+            instance.stop()
 
 
 def _users_with_repeats(prefix: str) -> list[str]:
