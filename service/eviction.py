@@ -72,7 +72,9 @@ def read_blocking(client: redis.Redis | redis.RedisCluster) -> list[MemoryReport
     """The same, for the start-up check in the main process (no event loop yet)."""
     if isinstance(client, redis.RedisCluster):
         return _per_node(client.info("memory", "stats", target_nodes=redis.RedisCluster.PRIMARIES))
-    return [_report(client.get_connection_kwargs().get("host", "redis"), client.info("memory", "stats"))]
+    kwargs = client.get_connection_kwargs()
+    node = f"at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return [_report(node, client.info("memory", "stats"))]
 
 
 class EvictionWatch:
