@@ -2,7 +2,7 @@
 
 A worker killed with rows in its buffer loses them from memory, but Redis keeps each
 decision's record until the event's keys expire; this loop writes them back without an
-operator (DESIGN.md, "Reconcile"). It runs at start with no age bound and then every
+operator (docs/design.md, "Reconcile"). It runs at start with no age bound and then every
 ``reconcile_interval_s`` for records older than ``reconcile_min_age_s``.
 """
 

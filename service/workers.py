@@ -2,7 +2,7 @@
 
 Each worker owns a slot holding its pid and its buffer's watermarks (rows accepted, rows
 stored). A sync reads them to wait until every row decided before it began is stored
-(DESIGN.md, "Sync"). A shared epoch, bumped by lifecycle operations, clears the
+(docs/design.md, "Sync / open"). A shared epoch, bumped by lifecycle operations, clears the
 worker-local caches (sold-out flags, the event directory) at once on every worker.
 """
 
@@ -104,7 +104,7 @@ class WorkerBoard:
             for slot, (pid, accepted) in targets.items():
                 view = now_slots.get(slot)
                 # A worker that died or was replaced holds nothing any more: what it had
-                # decided is in Redis and reconcile writes it (DESIGN.md, "Reconcile").
+                # decided is in Redis and reconcile writes it (docs/design.md, "Reconcile").
                 if view is not None and view.pid == pid and view.stored < accepted:
                     behind += accepted - view.stored
             if behind == 0:
@@ -142,7 +142,7 @@ async def replace_failed_siblings(multiplexer: Any, *, interval_s: float = 1.0) 
     The manager marks such a worker FAILED but does not start another (Sanic 25.12), so the
     host would serve on fewer workers until restarted. One worker speaks for all: the
     lowest-named live one, so a death is reported once. The replacement's start-up
-    reconcile writes what the dead worker had buffered (DESIGN.md, "Reconcile").
+    reconcile writes what the dead worker had buffered (docs/design.md, "Reconcile").
     """
     requested: dict[str, int | None] = {}
     while True:

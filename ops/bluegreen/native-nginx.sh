@@ -12,7 +12,7 @@
 #   nginx -p PREFIX/ -c PREFIX/conf/nginx.conf -e PREFIX/logs/error.log      # start
 #   DEPLOY_MODE=native NGINX_PREFIX=PREFIX ops/bluegreen/switch.sh blue     # first deploy
 #
-# Several service hosts in one colour (issue 8): BLUE_SERVERS or GREEN_SERVERS, comma-separated
+# Several service hosts in one colour: BLUE_SERVERS or GREEN_SERVERS, comma-separated
 # host:port, replace that colour's one server; nginx spreads requests over them round-robin.
 # You start those instances yourself: switch.sh starts and stops one process per colour.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Blue/green switch of coupon-service behind nginx (issue 5).
+# Blue/green switch of coupon-service behind nginx.
 #
 #   ops/bluegreen/switch.sh blue|green   make that colour take the traffic
 #   ops/bluegreen/switch.sh next         the colour that is not active (what a deploy does)

@@ -1,4 +1,4 @@
-"""Zero downtime through a blue -> green -> blue switch under 1,200 requests/s (issue 5)."""
+"""Zero downtime through a blue -> green -> blue switch under 1,200 requests/s."""
 
 from __future__ import annotations
 

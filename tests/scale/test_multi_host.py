@@ -1,4 +1,4 @@
-"""Several service hosts (issue 8): two `coupon-service` instances, 2 workers each, behind one
+"""Several service hosts: two `coupon-service` instances, 2 workers each, behind one
 native nginx rendered from the shipped configuration, sharing one Redis and one PostgreSQL.
 
 Redis decides for every host, so the counts stay exact whichever host a request lands on,

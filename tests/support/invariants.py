@@ -1,4 +1,4 @@
-"""Checks of DESIGN.md's invariants, read from Redis and PostgreSQL themselves."""
+"""Checks of the invariants (docs/design.md), read from Redis and PostgreSQL themselves."""
 
 from __future__ import annotations
 
