@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -166,9 +167,11 @@ async def test_issues_whose_buffer_was_lost_are_recovered_at_start(
     replies = await burst(api, event_id, [f"k{n}" for n in range(30)])
     assert all(reply.status == 201 for reply in replies)
     assert await _rows(pg, event_id) < 30  # see the graceful test: a late worker may write a few
-    for pid in doomed.worker_pids():  # every buffer dies with its worker
-        __import__("os").kill(pid, signal.SIGKILL)
-    doomed.stop(signal.SIGKILL)
+    # Every buffer dies with its worker. The whole process group at once: killed one by one,
+    # a worker's death makes the manager start a replacement that outlives the test.
+    assert doomed.proc is not None
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait(10)
 
     start_service()  # its start-up reconcile writes what Redis recorded
 
