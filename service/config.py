@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 from urllib.parse import urlsplit
 
 from .keys import NAMESPACE
@@ -39,7 +40,7 @@ class Settings:
     admin_token: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # Users decided by one Lua call; bounds the script's run time inside Redis.
     issue_batch_max: int = 512
     # Lua calls in flight per worker; more requests wait and join the next batch.
@@ -77,38 +78,43 @@ class Settings:
         cluster_nodes = env.addresses("REDIS_CLUSTER_NODES")
         if cluster_nodes and env.text("REDIS_URL", ""):
             raise ConfigError("REDIS_CLUSTER_NODES", "set REDIS_URL or REDIS_CLUSTER_NODES, not both")
+        d = _defaults(cls)
         return cls(
-            redis_url=env.url("REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            redis_url=env.url("REDIS_URL", d["redis_url"], ("redis", "rediss", "unix")),
             redis_cluster_nodes=cluster_nodes,
-            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, 0, 16),
-            redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", 50, 1, 60_000),
+            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", d["redis_wait_replicas"], 0, 16),
+            redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", d["redis_wait_timeout_ms"], 1, 60_000),
             redis_key_prefix=env.namespace("REDIS_KEY_PREFIX"),
-            redis_allow_eviction=env.boolean("REDIS_ALLOW_EVICTION", False),
-            database_url=env.url("DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
+            redis_allow_eviction=env.boolean("REDIS_ALLOW_EVICTION", d["redis_allow_eviction"]),
+            database_url=env.url("DATABASE_URL", d["database_url"], ("postgresql", "postgres")),
             admin_token=env.admin_token("ADMIN_TOKEN"),
-            host=env.text("HOST", "127.0.0.1"),
-            port=env.integer("PORT", 8000, 1, 65535),
-            workers=env.integer("WORKERS", os.cpu_count() or 1, 1, 256),
-            issue_batch_max=env.integer("ISSUE_BATCH_MAX", 512, 1, 10_000),
-            issue_inflight_max=env.integer("ISSUE_INFLIGHT_MAX", 4, 1, 64),
-            redis_timeout_ms=env.integer("REDIS_TIMEOUT_MS", 500, 10, 60_000),
-            redis_breaker_failures=env.integer("REDIS_BREAKER_FAILURES", 3, 1, 1000),
-            redis_breaker_open_ms=env.integer("REDIS_BREAKER_OPEN_MS", 500, 10, 600_000),
-            flush_batch_rows=env.integer("FLUSH_BATCH_ROWS", 5000, 1, 1_000_000),
-            flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", 100, 1, 60_000),
-            buffer_max_rows=env.integer("BUFFER_MAX_ROWS", 200_000, 1, 100_000_000),
-            flush_retry_max_s=env.number("FLUSH_RETRY_MAX_S", 5.0, 0.01, 600.0),
-            sold_out_cache_ms=env.integer("SOLD_OUT_CACHE_MS", 1000, 0, 60_000),
-            reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 30.0, 0.1, 86_400.0),
-            reconcile_min_age_s=env.number("RECONCILE_MIN_AGE_S", 10.0, 0.0, 86_400.0),
-            sync_timeout_s=env.number("SYNC_TIMEOUT_S", 30.0, 0.1, 3600.0),
-            key_ttl_grace_s=env.integer("KEY_TTL_GRACE_S", 86_400, 1, 365 * 86_400),
-            open_ended_ttl_s=env.integer("OPEN_ENDED_TTL_S", 30 * 86_400, 60, 3650 * 86_400),
-            graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", 60.0, 0.0, 3600.0),
-            request_max_bytes=env.integer("REQUEST_MAX_BYTES", 16_384, 256, 10_000_000),
-            log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-            log_format=env.choice("LOG_FORMAT", "JSON", ("JSON", "TEXT")).lower(),
-            access_log=env.boolean("ACCESS_LOG", False),
+            host=env.text("HOST", d["host"]),
+            port=env.integer("PORT", d["port"], 1, 65535),
+            workers=env.integer("WORKERS", d["workers"], 1, 256),
+            issue_batch_max=env.integer("ISSUE_BATCH_MAX", d["issue_batch_max"], 1, 10_000),
+            issue_inflight_max=env.integer("ISSUE_INFLIGHT_MAX", d["issue_inflight_max"], 1, 64),
+            redis_timeout_ms=env.integer("REDIS_TIMEOUT_MS", d["redis_timeout_ms"], 10, 60_000),
+            redis_breaker_failures=env.integer(
+                "REDIS_BREAKER_FAILURES", d["redis_breaker_failures"], 1, 1000
+            ),
+            redis_breaker_open_ms=env.integer(
+                "REDIS_BREAKER_OPEN_MS", d["redis_breaker_open_ms"], 10, 600_000
+            ),
+            flush_batch_rows=env.integer("FLUSH_BATCH_ROWS", d["flush_batch_rows"], 1, 1_000_000),
+            flush_interval_ms=env.integer("FLUSH_INTERVAL_MS", d["flush_interval_ms"], 1, 60_000),
+            buffer_max_rows=env.integer("BUFFER_MAX_ROWS", d["buffer_max_rows"], 1, 100_000_000),
+            flush_retry_max_s=env.number("FLUSH_RETRY_MAX_S", d["flush_retry_max_s"], 0.01, 600.0),
+            sold_out_cache_ms=env.integer("SOLD_OUT_CACHE_MS", d["sold_out_cache_ms"], 0, 60_000),
+            reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", d["reconcile_interval_s"], 0.1, 86_400.0),
+            reconcile_min_age_s=env.number("RECONCILE_MIN_AGE_S", d["reconcile_min_age_s"], 0.0, 86_400.0),
+            sync_timeout_s=env.number("SYNC_TIMEOUT_S", d["sync_timeout_s"], 0.1, 3600.0),
+            key_ttl_grace_s=env.integer("KEY_TTL_GRACE_S", d["key_ttl_grace_s"], 1, 365 * 86_400),
+            open_ended_ttl_s=env.integer("OPEN_ENDED_TTL_S", d["open_ended_ttl_s"], 60, 3650 * 86_400),
+            graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", d["graceful_timeout_s"], 0.0, 3600.0),
+            request_max_bytes=env.integer("REQUEST_MAX_BYTES", d["request_max_bytes"], 256, 10_000_000),
+            log_level=env.choice("LOG_LEVEL", d["log_level"], ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_format=env.choice("LOG_FORMAT", d["log_format"].upper(), ("JSON", "TEXT")).lower(),
+            access_log=env.boolean("ACCESS_LOG", d["access_log"]),
             auth_jwt_secret=env.secret("AUTH_JWT_SECRET"),
             auth_jwt_public_key=env.public_key("AUTH_JWT_PUBLIC_KEY"),
         )
@@ -143,6 +149,17 @@ class Settings:
     @property
     def sold_out_cache_s(self) -> float:
         return self.sold_out_cache_ms / 1000
+
+
+def _defaults(cls: type[Settings]) -> dict[str, Any]:
+    """Each setting's default, as its field declares it: written once."""
+    found: dict[str, Any] = {}
+    for item in fields(cls):
+        if item.default is not MISSING:
+            found[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            found[item.name] = item.default_factory()
+    return found
 
 
 class _Env:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from service.config import ConfigError, Settings
@@ -83,3 +85,9 @@ def test_the_replica_wait_must_fit_in_the_redis_timeout() -> None:
 
 def test_the_token_never_shows_in_a_repr() -> None:
     assert "x" * 16 not in repr(Settings.from_env(TOKEN))
+
+
+def test_every_default_is_the_one_its_field_declares() -> None:
+    token = "t" * 32
+    assert Settings.from_env({"ADMIN_TOKEN": token}) == Settings(admin_token=token)
+    assert Settings(admin_token=token).workers == (os.cpu_count() or 1)
