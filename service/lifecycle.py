@@ -20,11 +20,11 @@ from . import metrics, store
 from .config import Settings
 from .decision import EventStore, EventTimes, RedisEventState
 from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
+from .events import EventSpec
 from .foreign import refuse_foreign
 from .keys import expire_at_ms, legacy_event_keys
 from .store import EventRow
 from .timefmt import iso, now_utc, to_us
-from .validation import EventSpec
 from .workers import WorkerBoard
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .validation import EventSpec
+from .events import EventSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from .errors import EventNotFound, InvalidRequest
+from .events import EventSpec
 
 MAX_INT64 = 2**63 - 1
 MAX_EVENT_ID = MAX_INT64
@@ -67,15 +67,6 @@ def issue_body_optional(body: bytes) -> str | None:
     """With user authentication on, the body may leave user_id out (the token says who)."""
     data = json_object(body) if body else {}
     return None if "user_id" not in data else user_id(data["user_id"])
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    name: str
-    quantity: int
-    starts_at: datetime | None
-    ends_at: datetime | None
-    coupon: dict[str, Any] | None
 
 
 def event_spec(body: bytes, now: datetime) -> EventSpec:
