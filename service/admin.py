@@ -11,6 +11,7 @@ from .errors import Unauthorized
 from .http import json
 from .instrument import observed
 from .lifecycle import Lifecycle
+from .runtime import worker_of
 from .timefmt import iso, now_utc
 
 admin = Blueprint("admin", url_prefix="/admin")
@@ -27,7 +28,7 @@ async def authorize(request: Request) -> None:
 
 
 def _lifecycle(request: Request) -> Lifecycle:
-    return request.app.ctx.lifecycle  # type: ignore[no-any-return]
+    return worker_of(request).lifecycle
 
 
 @admin.post("/events", name="create_event")

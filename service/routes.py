@@ -15,6 +15,7 @@ from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
 from .http import json
 from .instrument import observed
+from .runtime import Worker, worker_of
 from .timefmt import iso, iso_us, now_utc, to_us
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ public = Blueprint("public")
 @public.post("/events/<event_id:str>/issue", name="issue")
 @observed
 async def issue(request: Request, event_id: str) -> HTTPResponse:
-    ctx = request.app.ctx
+    ctx = worker_of(request)
     event = validation.event_id(event_id)
     if ctx.verifier is None:
         user = validation.issue_body(request.body)
@@ -39,7 +40,7 @@ async def issue(request: Request, event_id: str) -> HTTPResponse:
 @public.get("/events/<event_id:str>", name="event")
 @observed
 async def event(request: Request, event_id: str) -> HTTPResponse:
-    ctx = request.app.ctx
+    ctx = worker_of(request)
     event = validation.event_id(event_id)
     row = await store.event(ctx.pool, event)
     if row is None:
@@ -83,7 +84,7 @@ def _public_status(stored: str, live: str | None, row: store.EventRow, remaining
 @public.get("/events/<event_id:str>/issues/<user_id:str>", name="user_issue")
 @observed
 async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPResponse:
-    ctx = request.app.ctx
+    ctx = worker_of(request)
     event = validation.event_id(event_id)
     user = validation.user_id_path(user_id)
     record = await ctx.events.record(event, user)
@@ -118,7 +119,7 @@ async def prometheus_metrics(request: Request) -> HTTPResponse:
     Not public: nginx refuses it from outside. If Redis or PostgreSQL cannot be read, the
     per-event gauges are left out and the rest is served.
     """
-    ctx = request.app.ctx
+    ctx = worker_of(request)
     try:
         states = await asyncio.wait_for(_event_states(ctx), max(ctx.settings.redis_timeout_s, 1.0))
     except (RedisError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -128,8 +129,8 @@ async def prometheus_metrics(request: Request) -> HTTPResponse:
     return HTTPResponse(body, content_type=metrics.CONTENT_TYPE)
 
 
-async def _event_states(ctx: object) -> list[tuple[int, int, int, int]]:
-    pool, events = ctx.pool, ctx.events  # type: ignore[attr-defined]
+async def _event_states(ctx: Worker) -> list[tuple[int, int, int, int]]:
+    pool, events = ctx.pool, ctx.events
     open_events = await store.open_events(pool, metrics.MAX_EVENTS)
     if not open_events:
         return []
@@ -153,7 +154,7 @@ async def ready(request: Request) -> HTTPResponse:
     """Ready when Redis answers with the scripts loaded, has been verified against PostgreSQL
     since it last changed, and cannot evict keys (or an operator accepted that it may), and
     PostgreSQL answers."""
-    ctx = request.app.ctx
+    ctx = worker_of(request)
     timeout_s = ctx.settings.redis_timeout_s
     checks = {"redis": False, "scripts": False, "verified": False, "noeviction": False, "postgres": False}
     try:
