@@ -67,15 +67,13 @@ class EventReport:
 
 
 @dataclass(frozen=True)
-class Reconciled:
-    records: int  # Redis's records of the event
-    stored: int  # PostgreSQL's rows before the pass (-1: not counted, see reconcile)
-    written: int  # rows the pass added
-    issued: int = 0  # the last ordinal Redis had handed out when the pass looked
+class Recorded:
+    """What storing an event's Redis records found."""
 
-    @property
-    def consistent(self) -> bool:
-        return self.stored + self.written == self.records
+    records: int  # Redis's records of the event
+    issued: int  # the last ordinal Redis had handed out
+    written: int  # rows stored now
+    whole: bool  # PostgreSQL holds every record Redis has
 
 
 class Lifecycle:
@@ -130,49 +128,25 @@ class Lifecycle:
             rows_buffered=self._board.buffered_rows(),
         )
 
-    async def reconcile(
-        self,
-        event: EventRow,
-        *,
-        issued_before_us: int | None = None,
-        settled_records: int | None = None,
-        checked_through: int | None = None,
-    ) -> Reconciled:
-        """Store what Redis recorded for the event (before a moment, if given) that PostgreSQL lacks.
-
-        ``settled_records``: a count of Redis records at which the event was last seen
-        consistent; if Redis still holds exactly that many, nothing can be missing and
-        PostgreSQL is not asked.
-
-        ``checked_through`` (the periodic pass): the last ordinal Redis had handed out at
-        the previous pass. Those issues are at least a pass old; if PostgreSQL holds every
-        ordinal up to it, whatever else is missing is younger and still in a live writer's
-        buffer, and one count over an index settles it. Only otherwise are all of Redis's
-        records and PostgreSQL's users read, which mid-sale (100,000 records) held a
-        worker's event loop long enough to show in the p99 (docs/performance.md).
-
-        Records that cannot be the event's own are refused (ForeignState), nothing written.
-        """
+    async def store_recorded(
+        self, event: EventRow, *, issued_before_us: int | None = None, where: str = "reconcile"
+    ) -> Recorded:
+        """Store what Redis recorded for the event (before a moment, if given) that
+        PostgreSQL lacks. Records that cannot be the event's own are refused (ForeignState)
+        and nothing is written."""
         event_id = event.id
         state = await self._events.state(event_id)
         if state.records == 0 and state.issued == 0:
-            return Reconciled(0, 0, 0, 0)
-        if event.status == "created" or state.records > event.quantity or state.issued > event.quantity:
-            self._refuse(event, state, [], None, "reconcile")
-        if state.records == settled_records:
-            return Reconciled(state.records, state.records, 0, state.issued)
-        if checked_through is not None:
-            through = min(checked_through, state.issued)
-            if through == 0 or await store.issue_count_through(self._pool, event_id, through) == through:
-                return Reconciled(state.records, -1, 0, state.issued)
+            return Recorded(0, 0, 0, True)
+        self.refuse_impossible(event, state, where)
         # PostgreSQL only ever holds issues Redis decided, and a rebuild merges them back,
         # so while Redis holds the event equal counts mean equal sets.
         stored_count = await store.issue_count(self._pool, event_id)
         if stored_count == state.records:
-            return Reconciled(state.records, stored_count, 0, state.issued)
+            return Recorded(state.records, state.issued, 0, True)
         records = [IssueRecord(event_id, *record) async for record in self._events.records(event_id)]
         stored = await store.issue_ordinals(self._pool, event_id)
-        self._refuse(event, state, records, stored, "reconcile")
+        self._refuse(event, state, records, stored, where)
         written = await write_missing(
             self._pool,
             event_id,
@@ -183,9 +157,15 @@ class Lifecycle:
         )
         if written:
             logger.warning(
-                "reconcile stored %d issues of event %d missing from PostgreSQL", written, event_id
+                "stored %d issues of event %d missing from PostgreSQL (%s)", written, event_id, where
             )
-        return Reconciled(state.records, stored_count, written, state.issued)
+        return Recorded(state.records, state.issued, written, stored_count + written == state.records)
+
+    def refuse_impossible(self, event: EventRow, state: RedisEventState, where: str) -> None:
+        """The checks that need no record read: counts above the quantity, state for an
+        event never opened (ForeignState)."""
+        if event.status == "created" or state.records > event.quantity or state.issued > event.quantity:
+            self._refuse(event, state, [], None, where)
 
     @staticmethod
     def _refuse(
@@ -311,7 +291,7 @@ class Lifecycle:
                 await self._board.wait_stored(self._settings.sync_timeout_s)
             except TimeoutError:
                 logger.warning("closing event %d with rows still buffered; reconcile stores them", row.id)
-            await self.reconcile(row)
+            await self.store_recorded(row, where="close")
             if row.status != "closed":
                 await store.set_status(self._pool, row.id, "closed")
             await self._events.delete(row.id)

@@ -155,7 +155,7 @@ suspect_events = Counter(
 )
 # Every label value a rule or dashboard reads exists from the start, at 0: increase() over
 # a series that appears with its first increment would miss that increment.
-for _where in ("open", "sync", "reconcile", "verify", "upgrade"):
+for _where in ("open", "sync", "close", "reconcile", "verify", "upgrade"):
     foreign_state.labels(_where)
 for _reason in ("over_quantity", "unknown_event", "conflict"):
     rows_refused.labels(_reason)

@@ -37,7 +37,7 @@ from .eviction import EvictionWatch
 from .issuing import Issuer, SoldOutFlags
 from .keys import Keyspace
 from .lifecycle import Lifecycle, SuspectEvents
-from .reconcile import run_periodically
+from .reconcile import Reconciler
 from .trust import Trust
 from .verify import Verifier, publish_periodically
 from .workers import WorkerBoard, replace_failed_siblings
@@ -184,15 +184,10 @@ async def running(
             # One Redis only: a cluster's failover always means new connections, each
             # admitted by the gate.
             _task(stack, trust.watch(guard_redis), "trust-watch")
+        reconciler = Reconciler(pool, events, lifecycle)
         _task(
             stack,
-            run_periodically(
-                pool,
-                events,
-                lifecycle,
-                interval_s=settings.reconcile_interval_s,
-                min_age_s=settings.reconcile_min_age_s,
-            ),
+            reconciler.run(interval_s=settings.reconcile_interval_s, min_age_s=settings.reconcile_min_age_s),
             "reconcile",
         )
         yield Worker(settings, verifier, board, pool, events, trust, eviction, issuer, lifecycle)

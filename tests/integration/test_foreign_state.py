@@ -25,7 +25,7 @@ from service.config import Settings
 from service.decision import EventStore
 from service.keys import EventKeys
 from service.lifecycle import Lifecycle
-from service.reconcile import reconcile_all
+from service.reconcile import Reconciler
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN, Api
@@ -190,8 +190,8 @@ async def test_reconcile_refuses_an_out_of_range_record_writes_nothing_and_says_
         with caplog.at_level(logging.ERROR, logger="service.foreign"):
             written = None
             for _ in range(100):  # the shared service may hold the reconcile lock for a moment
-                written = await reconcile_all(
-                    pg, events, lifecycle, issued_before_us=time.time_ns() // 1000 + 10**6
+                written = await Reconciler(pg, events, lifecycle).pass_once(
+                    issued_before_us=time.time_ns() // 1000 + 10**6, read_all=True
                 )
                 if written is not None:
                     break

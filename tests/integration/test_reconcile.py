@@ -10,11 +10,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from service import store
 from service.config import Settings
 from service.decision import EventStore
 from service.lifecycle import Lifecycle
-from service.reconcile import reconcile_all
+from service.reconcile import Reconciler
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN
@@ -39,10 +38,10 @@ async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> 
     return int(event_id)
 
 
-async def _pass(pg: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle, **kwargs: object) -> int:
+async def _pass(reconciler: Reconciler, *, issued_before_us: int, read_all: bool = False) -> int:
     """One reconcile pass; the shared test service may hold the lock for a moment."""
     for _ in range(100):
-        written = await reconcile_all(pg, events, lifecycle, **kwargs)  # type: ignore[arg-type]
+        written = await reconciler.pass_once(issued_before_us=issued_before_us, read_all=read_all)
         if written is not None:
             return written
         await asyncio.sleep(0.05)
@@ -60,19 +59,18 @@ async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
     event_id = await _open_event(pg, lifecycle, 100)
     # Decided in Redis, never buffered anywhere: a worker that died before its flush.
     await events.decide(event_id, [f"r{n}" for n in range(7)])
-    settled: dict[int, int] = {}
+    reconciler = Reconciler(pg, events, lifecycle)
     now_us = time.time_ns() // 1000 + 1_000_000
 
-    await _pass(pg, events, lifecycle, issued_before_us=now_us, settled=settled)
-    assert await _rows(pg, event_id) == 7 and settled[event_id] == 7
-    row = await store.event(pg, event_id)
-    assert row is not None
-    settled_pass = await lifecycle.reconcile(row, settled_records=7)
-    assert (settled_pass.records, settled_pass.written) == (7, 0)
+    # A worker's first pass reads everything (read_all): the records are written at once.
+    await _pass(reconciler, issued_before_us=now_us, read_all=True)
+    assert await _rows(pg, event_id) == 7 and reconciler.settled[event_id] == 7
+    await _pass(reconciler, issued_before_us=now_us, read_all=True)  # settled: one Redis read
+    assert await _rows(pg, event_id) == 7 and reconciler.settled[event_id] == 7
 
     await events.decide(event_id, ["r7", "r8"])  # Redis moved on: the event is looked at again
-    await _pass(pg, events, lifecycle, issued_before_us=now_us, settled=settled)
-    assert await _rows(pg, event_id) == 9 and settled[event_id] == 9
+    await _pass(reconciler, issued_before_us=now_us, read_all=True)
+    assert await _rows(pg, event_id) == 9 and reconciler.settled[event_id] == 9
 
 
 async def test_records_younger_than_the_bound_are_left_to_their_writer(
@@ -81,11 +79,11 @@ async def test_records_younger_than_the_bound_are_left_to_their_writer(
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     await events.decide(event_id, ["young"])
-    settled: dict[int, int] = {}
+    reconciler = Reconciler(pg, events, lifecycle)
     long_ago_us = time.time_ns() // 1000 - 60_000_000
 
-    await _pass(pg, events, lifecycle, issued_before_us=long_ago_us, settled=settled)
-    assert await _rows(pg, event_id) == 0 and event_id not in settled
+    await _pass(reconciler, issued_before_us=long_ago_us, read_all=True)
+    assert await _rows(pg, event_id) == 0 and event_id not in reconciler.settled
 
 
 async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catch_a_loss(
@@ -93,34 +91,32 @@ async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catc
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
-    settled: dict[int, int] = {}
-    checked: dict[int, int] = {}
+    reconciler = Reconciler(pg, events, lifecycle)
+    settled, checked = reconciler.settled, reconciler.checked
     old_enough_us = time.time_ns() // 1000 + 60_000_000  # every record counts as old here
 
     # A first periodic sighting of an event with unstored records writes nothing: they may
     # still sit in a live writer's buffer. The pass remembers the last ordinal (5).
     await events.decide(event_id, [f"p{n}" for n in range(5)])
-    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 0 and checked[event_id] == 5 and event_id not in settled
 
     # The next pass counts ordinals 1..5 only: all missing, so it reads the records and
     # stores every old one, including the younger 6..8 (here all older than the bound).
     await events.decide(event_id, ["p5", "p6", "p7"])
-    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 8 and checked[event_id] == 8 and settled[event_id] == 8
 
     # Ordinals 1..8 stored, 9 and 10 not (yet): one count, nothing read, nothing written.
     await events.decide(event_id, ["p8", "p9"])
-    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 8 and checked[event_id] == 10 and event_id not in settled
 
     # A pass later 9 and 10 are a pass old and still missing: a loss, and it is written.
-    await _pass(pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked)
+    await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 10 and settled[event_id] == 10
 
     # read_all (a worker's first pass) writes at once, without waiting a pass.
     await events.decide(event_id, ["p10"])
-    await _pass(
-        pg, events, lifecycle, issued_before_us=old_enough_us, settled=settled, checked=checked, read_all=True
-    )
+    await _pass(reconciler, issued_before_us=old_enough_us, read_all=True)
     assert await _rows(pg, event_id) == 11 and checked[event_id] == 11
