@@ -64,11 +64,7 @@ class RedisClusterServer:
         for index in range(count):
             folder = self.folder / f"node-{index}"
             folder.mkdir(parents=True)
-            node = Node(_free_cluster_port(), folder)
-            self._spawn(node)
-            self.nodes.append(node)
-        for node in self.nodes:
-            _wait_ping(node, timeout_s)
+            self.nodes.append(self._spawn_on_a_free_port(folder, timeout_s))
         if self.primaries == 1:
             # redis-cli refuses a cluster of fewer than 3 primaries: assign by hand.
             self._one_primary(timeout_s)
@@ -108,6 +104,20 @@ class RedisClusterServer:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
+
+    def _spawn_on_a_free_port(self, folder: Path, timeout_s: float) -> Node:
+        """A node on a port found free; if something took the port (or its bus port) before
+        redis-server bound it, the server exits at once and another pair is tried."""
+        for _ in range(5):
+            node = Node(_free_cluster_port(), folder)
+            self._spawn(node)
+            try:
+                _wait_ping(node, timeout_s)
+                return node
+            except RuntimeError:
+                if node.proc is not None and node.proc.poll() is None:
+                    raise
+        raise RuntimeError(f"no redis-server could bind a free port pair in {folder}")
 
     def _spawn(self, node: Node) -> None:
         node.proc = subprocess.Popen(
@@ -227,9 +237,11 @@ class RedisClusterServer:
 
 
 def _free_cluster_port() -> int:
-    """A port whose cluster bus port (port + 10000) is free too; both below 65536."""
+    """A port whose cluster bus port (port + 10000) is free too, both below Linux's
+    ephemeral range (32768 and up): a port the system hands out to an outgoing connection,
+    or to a test's service, can then never take one between this check and the bind."""
     for _ in range(200):
-        port = random.randint(20_000, 45_000)
+        port = random.randint(20_000, 22_767)
         if _free(port) and _free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
@@ -251,6 +263,8 @@ def _wait_ping(node: Node, timeout_s: float) -> None:
             if node.client().ping():
                 return
         except redis.RedisError:
+            if node.proc is not None and node.proc.poll() is not None:
+                break  # it exited: its port was taken
             time.sleep(0.05)
     raise RuntimeError(f"redis-server on port {node.port} did not start")
 
