@@ -15,8 +15,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -31,34 +30,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.servers import BIN, ServiceProcess, free_port
 
 EVICTING = ("--maxmemory", "50mb", "--maxmemory-policy", "volatile-lru")
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    started: list[RedisServer] = []
-
-    def start(*extra: str) -> RedisServer:
-        server = RedisServer(tmp_path, aof=False, extra=extra).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
-@pytest.fixture
-async def redis_of() -> AsyncIterator[Callable[[RedisServer], Redis]]:
-    clients: list[Redis] = []
-
-    def make(server: RedisServer) -> Redis:
-        client = Redis.from_url(server.url, decode_responses=True)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 5.0) -> None:

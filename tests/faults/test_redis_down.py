@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import asyncpg
@@ -19,34 +18,6 @@ from tests.support.api import Api, Reply, burst
 from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServiceProcess
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    started: list[RedisServer] = []
-
-    def start(*, aof: bool) -> RedisServer:
-        server = RedisServer(tmp_path, aof=aof).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
-@pytest.fixture
-async def client_of() -> AsyncIterator[Callable[[RedisServer], Redis]]:
-    clients: list[Redis] = []
-
-    def make(server: RedisServer) -> Redis:
-        client = Redis.from_url(server.url, decode_responses=True)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.0) -> Reply:
@@ -63,7 +34,7 @@ async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.
 
 async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebuilt_unasked(
     private_redis: Callable[..., RedisServer],
-    client_of: Callable[[RedisServer], Redis],
+    redis_of: Callable[[RedisServer], Redis],
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
     pg: asyncpg.Pool,
@@ -74,7 +45,7 @@ async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebui
     event_id = await api.open_event(500)
     served = await burst(api, event_id, [f"pre{n}" for n in range(40)])
     assert all(reply.status == 201 for reply in served)
-    await wait_stored(pg, client_of(server), event_id)
+    await wait_stored(pg, redis_of(server), event_id)
 
     # Kill Redis while a burst is in flight: every answer is a 201 or a 503, never a 5xx else.
     during, _ = await asyncio.gather(
@@ -107,14 +78,14 @@ async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebui
     # A sync afterwards changes nothing: the rebuild was exact.
     synced = await api.sync(event_id)
     assert synced.status == 200 and synced.body["issued_redis"] == issued_201 + 1
-    await wait_stored(pg, client_of(server), event_id)
-    await assert_invariants(pg, event_id, 500, redis=client_of(server))
+    await wait_stored(pg, redis_of(server), event_id)
+    await assert_invariants(pg, event_id, 500, redis=redis_of(server))
     assert (await api.request("GET", "/ready")).status == 200
 
 
 async def test_redis_back_with_its_data_resumes_without_a_sync(
     private_redis: Callable[..., RedisServer],
-    client_of: Callable[[RedisServer], Redis],
+    redis_of: Callable[[RedisServer], Redis],
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
     pg: asyncpg.Pool,
@@ -133,13 +104,13 @@ async def test_redis_back_with_its_data_resumes_without_a_sync(
     assert (await _answered(api, event_id, "after")).body["ordinal"] == 26
     for _ in range(4):  # both workers, whichever answers
         assert (await _answered(api, event_id, "a0")).code == "already_issued"
-    await wait_stored(pg, client_of(server), event_id)
-    await assert_invariants(pg, event_id, 100, redis=client_of(server))
+    await wait_stored(pg, redis_of(server), event_id)
+    await assert_invariants(pg, event_id, 100, redis=redis_of(server))
 
 
 async def test_a_hung_redis_costs_fast_503s_and_the_batches_it_held_issue_nothing(
     private_redis: Callable[..., RedisServer],
-    client_of: Callable[[RedisServer], Redis],
+    redis_of: Callable[[RedisServer], Redis],
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
     pg: asyncpg.Pool,
@@ -169,7 +140,7 @@ async def test_a_hung_redis_costs_fast_503s_and_the_batches_it_held_issue_nothin
     # Redis now runs what it had queued: those batches are past their deadline and
     # issue nothing, so no user answered 503 holds a coupon.
     await _answered(api, event_id, "resumed")
-    redis = client_of(server)
+    redis = redis_of(server)
     await wait_stored(pg, redis, event_id)
     rows = await assert_invariants(pg, event_id, 1000, redis=redis)
     assert {row["user_id"] for row in rows} == {f"h{n}" for n in range(20)} | {"resumed"}

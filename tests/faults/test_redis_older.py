@@ -13,47 +13,17 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 from redis.asyncio import Redis
 
 from tests.support.api import Api, Reply, burst
 from tests.support.invariants import assert_invariants, wait_stored
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServiceProcess
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    started: list[RedisServer] = []
-
-    def start(*extra: str) -> RedisServer:
-        # No AOF: what survives a restart is the last snapshot, as with the stock redis.conf.
-        server = RedisServer(tmp_path, aof=False, extra=extra).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
-@pytest.fixture
-async def redis_of() -> AsyncIterator[Callable[[RedisServer], Redis]]:
-    clients: list[Redis] = []
-
-    def make(server: RedisServer) -> Redis:
-        client = Redis.from_url(server.url, decode_responses=True)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 async def _answered(api: Api, event_id: int, user: str, timeout_s: float = 20.0) -> Reply:
