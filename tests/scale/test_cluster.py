@@ -245,7 +245,10 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     )
     assert max(a.took for a in refused) < 1.0, "a 503 took longer than the Redis timeout"
     window = max(a.sent + a.took for a in refused) - killed_at
-    assert window < promoted_after + 3.0, f"503s for {window:.1f} s, failover took {promoted_after:.1f} s"
+    # Bounded: the failover, then the promoted primary's verification (its shard's live
+    # events held, the writers' buffers waited for, each event compared with PostgreSQL:
+    # seconds when the test database holds many live events), not a timing target.
+    assert window < promoted_after + 10.0, f"503s for {window:.1f} s, failover took {promoted_after:.1f} s"
     # Issuing resumed by itself: the dead primary's events issued again after the window.
     resumed = [a for a in mine if a.status == 201 and a.sent > killed_at + window]
     assert resumed, f"no 201 for the failed shard's events after its failover ({promoted_after:.1f} s)"
