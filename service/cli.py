@@ -136,9 +136,10 @@ async def _upgrade_keys() -> int:
     import asyncpg
 
     from .config import MIN_ADMIN_TOKEN_CHARS, Settings
-    from .decision import EventStore, connect
     from .keys import Keyspace, stored_namespace
     from .lifecycle import Lifecycle
+    from .redis_events import RedisEvents
+    from .redis_link import RedisLink, connect
     from .upgrade import upgrade_keys
     from .workers import WorkerBoard
 
@@ -151,8 +152,9 @@ async def _upgrade_keys() -> int:
     redis = connect(settings.redis_url, max_connections=4, timeout_s=10)
     try:
         namespace = settings.redis_key_prefix or await stored_namespace(pool)
-        events = EventStore(redis, Keyspace(namespace))
-        await events.load_scripts()
+        link = RedisLink(redis)
+        await link.load_scripts()
+        events = RedisEvents(link, Keyspace(namespace))
         moved = await upgrade_keys(pool, events, Lifecycle(pool, events, WorkerBoard.local(), settings))
     finally:
         await redis.aclose()

@@ -13,7 +13,6 @@ from batcher import Buffer, BufferFull, IssueRecord, Writer
 from . import metrics
 from .breaker import CircuitBreaker
 from .coalescer import Coalescer
-from .decision import EventStore, NotReplicated, Outcome
 from .directory import EventDirectory
 from .errors import (
     AlreadyIssued,
@@ -26,6 +25,7 @@ from .errors import (
     Unavailable,
 )
 from .eviction import EvictionWatch
+from .redis_decisions import NotReplicated, Outcome, RedisDecisions
 from .timefmt import iso_us
 from .trust import Trust
 
@@ -74,7 +74,7 @@ class SoldOutFlags:
 class Issuer:
     def __init__(
         self,
-        events: EventStore,
+        decisions: RedisDecisions,
         buffer: Buffer,
         writer: Writer,
         directory: EventDirectory,
@@ -88,7 +88,7 @@ class Issuer:
         max_inflight: int,
         decide_within_s: float,
     ) -> None:
-        self._events = events
+        self._decisions = decisions
         self._buffer = buffer
         self._writer = writer
         self._directory = directory
@@ -128,14 +128,14 @@ class Issuer:
             # FLUSHALL, say): it decides nothing until verified (I1-I3).
             raise Unavailable(self._trust.refusal)
         untrusted = self._trust.untrusted
-        if untrusted and self._events.shard(event_id) in untrusted:
-            raise Unavailable(untrusted[self._events.shard(event_id)])
+        if untrusted and self._decisions.shard(event_id) in untrusted:
+            raise Unavailable(untrusted[self._decisions.shard(event_id)])
         # Room first: a full buffer answers 503 before Redis decides anything (I5).
         try:
             self._buffer.reserve(len(users))
         except BufferFull:
             raise Unavailable("too many issues are waiting to be stored; retry shortly") from None
-        shard = self._events.shard(event_id)
+        shard = self._decisions.shard(event_id)
         breaker = self.breakers.get(shard)
         if breaker is None:
             breaker = self.breakers[shard] = self._new_breaker()
@@ -149,7 +149,7 @@ class Issuer:
             # deadline means the caller has given up: it must issue nothing.
             deadline_us = time.time_ns() // 1000 + self._decide_within_us
             started = time.perf_counter()
-            reply = await self._events.decide(event_id, users, deadline_us)
+            reply = await self._decisions.decide(event_id, users, deadline_us)
             metrics.tally.observe(metrics.decide_duration, time.perf_counter() - started)
             metrics.tally.observe(metrics.decide_batch, len(users))
         except NotReplicated as exc:

@@ -18,11 +18,11 @@ from batcher.recovery import write_missing
 
 from . import metrics, store
 from .config import Settings
-from .decision import EventStore, EventTimes, RedisEventState
 from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
 from .events import EventSpec
 from .foreign import refuse_foreign
 from .keys import expire_at_ms, legacy_event_keys
+from .redis_events import EventTimes, RedisEvents, RedisEventState
 from .store import EventRow
 from .timefmt import iso, now_utc, to_us
 from .workers import WorkerBoard
@@ -78,7 +78,7 @@ class Recorded:
 
 class Lifecycle:
     def __init__(
-        self, pool: asyncpg.Pool, events: EventStore, board: WorkerBoard, settings: Settings
+        self, pool: asyncpg.Pool, events: RedisEvents, board: WorkerBoard, settings: Settings
     ) -> None:
         self._pool = pool
         self._events = events
@@ -304,7 +304,7 @@ class Lifecycle:
 
 
 class _EventLock:
-    def __init__(self, events: EventStore, name: str) -> None:
+    def __init__(self, events: RedisEvents, name: str) -> None:
         self._lock = events.lock(name, _LOCK_TTL_S)
 
     async def __aenter__(self) -> None:

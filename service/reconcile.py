@@ -17,9 +17,9 @@ import asyncpg
 from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
-from .decision import EventStore
 from .errors import ForeignState
 from .lifecycle import Lifecycle
+from .redis_events import RedisEvents
 from .store import EventRow
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Reconciler:
       An event first seen gets that count a pass later, unless the pass reads everything.
     """
 
-    def __init__(self, pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle) -> None:
+    def __init__(self, pool: asyncpg.Pool, events: RedisEvents, lifecycle: Lifecycle) -> None:
         self._pool = pool
         self._events = events
         self._lifecycle = lifecycle

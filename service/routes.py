@@ -158,10 +158,10 @@ async def ready(request: Request) -> HTTPResponse:
     timeout_s = ctx.settings.redis_timeout_s
     checks = {"redis": False, "scripts": False, "verified": False, "noeviction": False, "postgres": False}
     try:
-        loaded = await asyncio.wait_for(ctx.events.scripts_loaded(), timeout_s)
+        loaded = await asyncio.wait_for(ctx.redis.scripts_loaded(), timeout_s)
         checks["redis"] = True
         if not loaded:
-            await asyncio.wait_for(ctx.events.load_scripts(), timeout_s)
+            await asyncio.wait_for(ctx.redis.load_scripts(), timeout_s)
         checks["scripts"] = True
         # Every Redis that decides was verified against PostgreSQL since it last changed.
         checks["verified"] = ctx.trust.refusal is None and not ctx.trust.untrusted

@@ -31,13 +31,15 @@ from . import metrics, store
 from .auth import TokenVerifier
 from .breaker import CircuitBreaker
 from .config import Settings
-from .decision import Client, EventStore, connect, connect_cluster
 from .directory import EventDirectory
 from .eviction import EvictionWatch
 from .issuing import Issuer, SoldOutFlags
 from .keys import Keyspace
 from .lifecycle import Lifecycle, SuspectEvents
 from .reconcile import Reconciler
+from .redis_decisions import RedisDecisions
+from .redis_events import RedisEvents
+from .redis_link import Client, RedisLink, connect, connect_cluster
 from .trust import Trust
 from .verify import Verifier, publish_periodically
 from .workers import WorkerBoard, replace_failed_siblings
@@ -58,7 +60,8 @@ class Worker:
     verifier: TokenVerifier | None  # user authentication, when configured
     board: WorkerBoard
     pool: asyncpg.Pool
-    events: EventStore
+    redis: RedisLink
+    events: RedisEvents
     trust: Trust
     eviction: EvictionWatch
     issuer: Issuer
@@ -94,23 +97,24 @@ async def running(
         trust = Trust(keys, cluster=settings.redis_cluster)
         redis = _decisions_client(settings, trust)
         stack.push_async_callback(redis.aclose)
-        events = EventStore(
-            redis,
+        link = RedisLink(redis)
+        events = RedisEvents(link, keys, other_calls=_EXTRA_REDIS_CONNECTIONS)
+        decisions = RedisDecisions(
+            link,
             keys,
-            other_calls=_EXTRA_REDIS_CONNECTIONS,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
             issue_lane=settings.issue_inflight_max,
             admit=trust.admit_shard if settings.redis_cluster else None,
         )
-        stack.push_async_callback(events.close)
+        stack.push_async_callback(decisions.close)
         # Connections the trust gate does not check: the verification of a Redis, the watch
         # of its identity and the writers' beacons must reach a Redis not yet verified. One
         # retry: a connection left from before a restart fails once, and all they send is
         # idempotent.
         guard_redis = _guard_client(settings)
         stack.push_async_callback(guard_redis.aclose)
-        guard_events = EventStore(guard_redis, keys)
+        guard_events = RedisEvents(RedisLink(guard_redis), keys)
         trust.verify = Verifier(
             pool,
             guard_events,
@@ -120,8 +124,8 @@ async def running(
         )
         stack.push_async_callback(trust.close)
         try:
-            await events.load_scripts()
-            await events.warm()
+            await link.load_scripts()
+            await decisions.warm()
         except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
             logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
 
@@ -151,7 +155,7 @@ async def running(
         stack.push_async_callback(writer.close, settings.graceful_timeout_s)
         stack.push_async_callback(suspects.close)
         issuer = Issuer(
-            events,
+            decisions,
             buffer,
             writer,
             EventDirectory(
@@ -190,7 +194,7 @@ async def running(
             reconciler.run(interval_s=settings.reconcile_interval_s, min_age_s=settings.reconcile_min_age_s),
             "reconcile",
         )
-        yield Worker(settings, verifier, board, pool, events, trust, eviction, issuer, lifecycle)
+        yield Worker(settings, verifier, board, pool, link, events, trust, eviction, issuer, lifecycle)
 
 
 def _decisions_client(settings: Settings, trust: Trust) -> Client:

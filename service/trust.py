@@ -45,7 +45,7 @@ RETRY_S = 1.0
 class Target:
     """One Redis that decides: the single Redis, or one cluster primary."""
 
-    name: str  # "redis", or the primary's host:port (as EventStore.shard names it)
+    name: str  # "redis", or the primary's host:port (as RedisLink.shard names it)
     mark: str  # the key holding the run id last verified
     lock: str  # held while one process verifies it
     run_id: str
@@ -91,7 +91,7 @@ class Trust:
         self.refusal: str | None = None
         # Cluster primaries not verified yet, by name: their events answer 503. A cluster's
         # connections are admitted whatever they find (the client discovers its slot map
-        # over them), and decisions check this instead (EventStore asks ``admit_shard``).
+        # over them), and decisions check this instead (RedisDecisions asks ``admit_shard``).
         self.untrusted: dict[str, str] = {}
         self._pending: dict[str, Target] = {}
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from . import store
-from .decision import EventStore
 from .errors import ForeignState
 from .foreign import refuse_foreign
 from .keys import legacy_event_keys
 from .lifecycle import Lifecycle
+from .redis_events import RedisEvents
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Moved:
         return text + (f": {self.detail}" if self.detail else "")
 
 
-async def upgrade_keys(pool: asyncpg.Pool, events: EventStore, lifecycle: Lifecycle) -> list[Moved]:
+async def upgrade_keys(pool: asyncpg.Pool, events: RedisEvents, lifecycle: Lifecycle) -> list[Moved]:
     """Move every live event that has legacy keys; one line of outcome per such event."""
     redis = events.redis
     results = []

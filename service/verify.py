@@ -25,10 +25,10 @@ from redis.cluster import PRIMARY
 from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
-from .decision import EventStore
 from .errors import ForeignState
 from .keys import Keyspace
 from .lifecycle import Lifecycle
+from .redis_events import RedisEvents
 from .trust import Target
 from .workers import WorkerBoard
 
@@ -46,7 +46,7 @@ class Verifier:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        events: EventStore,
+        events: RedisEvents,
         lifecycle: Lifecycle,
         board: WorkerBoard,
         *,

@@ -12,8 +12,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from service.redis_decisions import RedisDecisions
+from service.redis_events import RedisEvents
+from service.redis_link import RedisLink
 from tests.support.api import ADMIN_TOKEN, Api, connector
 from tests.support.database import fresh_database
+from tests.support.invariants import keyspace
 from tests.support.servers import ServiceProcess
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_test")
@@ -111,3 +115,19 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def events(pg: asyncpg.Pool, redis: Redis) -> RedisEvents:
+    """The event operations on the shared Redis, in the test database's namespace."""
+    link = RedisLink(redis)
+    await link.load_scripts()
+    return RedisEvents(link, await keyspace(pg))
+
+
+@pytest.fixture
+async def decisions(events: RedisEvents) -> AsyncIterator[RedisDecisions]:
+    """Issue decisions on the same connection and scripts as ``events``."""
+    decisions = RedisDecisions(events.link, events.keys)
+    yield decisions
+    await decisions.close()

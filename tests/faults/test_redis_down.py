@@ -13,7 +13,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.decision import EventStore, EventTimes, Outcome, connect
+from service.redis_decisions import Outcome, RedisDecisions
+from service.redis_events import EventTimes, RedisEvents
+from service.redis_link import RedisLink, connect
 from tests.support.api import Api, Reply, burst
 from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.redis_server import RedisServer
@@ -151,32 +153,32 @@ async def test_the_issue_lane_reconnects_after_a_restart_and_never_reuses_a_brok
     pg: asyncpg.Pool,
 ) -> None:
     server = private_redis(aof=True)
-    events = EventStore(
-        connect(server.url, max_connections=4, timeout_s=0.5), await keyspace(pg), issue_lane=2
-    )
+    link = RedisLink(connect(server.url, max_connections=4, timeout_s=0.5))
+    events = RedisEvents(link, await keyspace(pg))
+    decisions = RedisDecisions(link, events.keys, issue_lane=2)
     try:
-        await events.load_scripts()
-        await events.warm()
+        await link.load_scripts()
+        await decisions.warm()
         now_us = time.time_ns() // 1000
         times = EventTimes(100, now_us - 1_000_000, 0, now_us // 1000 + 600_000)
         await events.finish_sync(7, "open", times, 0)
-        assert (await events.decide(7, ["a", "b"]))[1:] == [1, 2]
+        assert (await decisions.decide(7, ["a", "b"]))[1:] == [1, 2]
 
         # Restarted while the lane sat idle: the event loop saw the peer close, so the next
         # batch goes on a fresh connection instead of failing (the state came back from AOF).
         server.kill()
         server.start()
         await asyncio.sleep(0.1)
-        assert (await events.decide(7, ["c", "a"]))[1:] == [3, Outcome.ALREADY_ISSUED]
+        assert (await decisions.decide(7, ["c", "a"]))[1:] == [3, Outcome.ALREADY_ISSUED]
 
         # A batch cut off mid-reply (Redis paused past the 0.5 s timeout): its connection is
         # closed, not returned, so no later batch can read its late reply as its own, and
         # Redis, reaching it past its deadline, issues nothing.
         server.pause()
         with pytest.raises((TimeoutError, RedisError)):
-            await events.decide(7, ["d"], deadline_us=time.time_ns() // 1000 + 200_000)
+            await decisions.decide(7, ["d"], deadline_us=time.time_ns() // 1000 + 200_000)
         server.resume()
-        assert (await events.decide(7, ["e", "d"]))[1:] == [4, 5]
+        assert (await decisions.decide(7, ["e", "d"]))[1:] == [4, 5]
     finally:
-        await events.close()
-        await events.redis.aclose()
+        await decisions.close()
+        await link.redis.aclose()

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,10 +21,10 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from service.config import Settings
-from service.decision import EventStore
 from service.keys import EventKeys
 from service.lifecycle import Lifecycle
 from service.reconcile import Reconciler
+from service.redis_events import RedisEvents
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN, Api
@@ -163,15 +162,8 @@ async def test_each_refusal_is_counted_in_metrics(api: Api, pg: asyncpg.Pool, re
     assert _refusals_in(after.body.decode(), "open") == _refusals_in(before.body.decode(), "open") + 1
 
 
-@pytest.fixture
-async def events(pg: asyncpg.Pool, redis: Redis) -> AsyncIterator[EventStore]:
-    events = EventStore(redis, await keyspace(pg))
-    yield events
-    await events.close()
-
-
 async def test_reconcile_refuses_an_out_of_range_record_writes_nothing_and_says_so(
-    pg: asyncpg.Pool, redis: Redis, events: EventStore, caplog: pytest.LogCaptureFixture
+    pg: asyncpg.Pool, redis: Redis, events: RedisEvents, caplog: pytest.LogCaptureFixture
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = int(

@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from service.decision import EventStore, EventTimes, Outcome
 from service.errors import ForeignState
 from service.foreign import refuse_foreign
 from service.keys import Keyspace
+from service.redis_decisions import Outcome, RedisDecisions
+from service.redis_events import EventTimes, RedisEvents
+from service.redis_link import RedisLink
 from tests.support.invariants import keyspace
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -60,7 +62,7 @@ class Model:
         return outcomes
 
 
-async def _rebuild(events: EventStore, event_id: int, model: Model, times: EventTimes) -> None:
+async def _rebuild(events: RedisEvents, event_id: int, model: Model, times: EventTimes) -> None:
     """What open and sync do to Redis: hold, merge what PostgreSQL holds, finish."""
     await events.hold(event_id, "syncing", times)
     records = [(user, ordinal, 0) for user, ordinal in model.issued.items()]
@@ -70,7 +72,9 @@ async def _rebuild(events: EventStore, event_id: int, model: Model, times: Event
 
 async def _run(space: Keyspace, quantity: int, steps: list[tuple[str, list[str] | None]]) -> None:
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    events = EventStore(redis, space)
+    link = RedisLink(redis)
+    events = RedisEvents(link, space)
+    decisions = RedisDecisions(link, space)
     event_id = next(_event_ids)
     seconds, micros = await redis.time()
     now_us = int(seconds) * 1_000_000 + int(micros)
@@ -82,11 +86,11 @@ async def _run(space: Keyspace, quantity: int, steps: list[tuple[str, list[str] 
         for name, users in steps:
             if name == "issue":
                 assert users is not None
-                reply = await events.decide(event_id, users)
+                reply = await decisions.decide(event_id, users)
                 assert reply[1:] == model.decide(users), (name, users, model)
             elif name == "close":
                 await events.hold(event_id, "closed", times)
-                assert (await events.decide(event_id, ["probe"]))[1:] == [Outcome.CLOSED]
+                assert (await decisions.decide(event_id, ["probe"]))[1:] == [Outcome.CLOSED]
                 await events.delete(event_id)
                 model.status = "closed"
             elif name in ("reopen", "sync"):
@@ -106,7 +110,7 @@ async def _run(space: Keyspace, quantity: int, steps: list[tuple[str, list[str] 
         assert sorted(model.issued.values()) == list(range(1, len(model.issued) + 1))
     finally:
         await redis.delete(keys.meta, keys.seq, keys.users)
-        await events.close()
+        await decisions.close()
         await redis.aclose()
 
 
@@ -141,7 +145,9 @@ async def _run_planted(
     planted seq, a planted quantity. The open either refuses it (nothing merged, nothing
     issued) or takes it, and then no sequence of issues breaks I1 or I2."""
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    events = EventStore(redis, space)
+    link = RedisLink(redis)
+    events = RedisEvents(link, space)
+    decisions = RedisDecisions(link, space)
     event_id = next(_event_ids)
     keys = space.event(event_id)
     seconds, micros = await redis.time()
@@ -173,13 +179,13 @@ async def _run_planted(
             )
         except ForeignState:
             assert await redis.hgetall(keys.users) == before, "a refusal merged something"
-            assert (await events.decide(event_id, ["new"]))[1:] == [Outcome.SYNCING]
+            assert (await decisions.decide(event_id, ["new"]))[1:] == [Outcome.SYNCING]
             return
         taken = dict(records)
         await events.merge_records(event_id, [(u, o, 0) for u, o in truth.items() if u not in taken])
         highest = max([*truth.values(), *taken.values()], default=0)
         await events.finish_sync(event_id, "open", times, highest)
-        reply = await events.decide(event_id, [f"n{n}" for n in range(quantity + 3)] + list(truth))
+        reply = await decisions.decide(event_id, [f"n{n}" for n in range(quantity + 3)] + list(truth))
         outcomes = reply[1:]
         assert all(
             code in (Outcome.SOLD_OUT, Outcome.ALREADY_ISSUED) or 0 < code <= quantity for code in outcomes
@@ -193,7 +199,7 @@ async def _run_planted(
         assert max(held.values(), default=0) <= int(await redis.get(keys.seq)) <= quantity
     finally:
         await redis.delete(keys.meta, keys.seq, keys.users)
-        await events.close()
+        await decisions.close()
         await redis.aclose()
 
 

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
-from redis.asyncio import Redis
 
 from service.config import Settings
-from service.decision import EventStore
 from service.lifecycle import Lifecycle
 from service.reconcile import Reconciler
+from service.redis_decisions import RedisDecisions
+from service.redis_events import RedisEvents
 from service.store import EventRow
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN
-from tests.support.invariants import keyspace
-
-
-@pytest.fixture
-async def events(pg: asyncpg.Pool, redis: Redis) -> AsyncIterator[EventStore]:
-    events = EventStore(redis, await keyspace(pg))
-    yield events
-    await events.close()
 
 
 async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> int:
@@ -53,12 +43,12 @@ async def _rows(pg: asyncpg.Pool, event_id: int) -> int:
 
 
 async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
-    pg: asyncpg.Pool, events: EventStore
+    pg: asyncpg.Pool, events: RedisEvents, decisions: RedisDecisions
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     # Decided in Redis, never buffered anywhere: a worker that died before its flush.
-    await events.decide(event_id, [f"r{n}" for n in range(7)])
+    await decisions.decide(event_id, [f"r{n}" for n in range(7)])
     reconciler = Reconciler(pg, events, lifecycle)
     now_us = time.time_ns() // 1000 + 1_000_000
 
@@ -68,17 +58,17 @@ async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
     await _pass(reconciler, issued_before_us=now_us, read_all=True)  # settled: one Redis read
     assert await _rows(pg, event_id) == 7 and reconciler.settled[event_id] == 7
 
-    await events.decide(event_id, ["r7", "r8"])  # Redis moved on: the event is looked at again
+    await decisions.decide(event_id, ["r7", "r8"])  # Redis moved on: the event is looked at again
     await _pass(reconciler, issued_before_us=now_us, read_all=True)
     assert await _rows(pg, event_id) == 9 and reconciler.settled[event_id] == 9
 
 
 async def test_records_younger_than_the_bound_are_left_to_their_writer(
-    pg: asyncpg.Pool, events: EventStore
+    pg: asyncpg.Pool, events: RedisEvents, decisions: RedisDecisions
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
-    await events.decide(event_id, ["young"])
+    await decisions.decide(event_id, ["young"])
     reconciler = Reconciler(pg, events, lifecycle)
     long_ago_us = time.time_ns() // 1000 - 60_000_000
 
@@ -87,7 +77,7 @@ async def test_records_younger_than_the_bound_are_left_to_their_writer(
 
 
 async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catch_a_loss(
-    pg: asyncpg.Pool, events: EventStore
+    pg: asyncpg.Pool, events: RedisEvents, decisions: RedisDecisions
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
@@ -97,18 +87,18 @@ async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catc
 
     # A first periodic sighting of an event with unstored records writes nothing: they may
     # still sit in a live writer's buffer. The pass remembers the last ordinal (5).
-    await events.decide(event_id, [f"p{n}" for n in range(5)])
+    await decisions.decide(event_id, [f"p{n}" for n in range(5)])
     await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 0 and checked[event_id] == 5 and event_id not in settled
 
     # The next pass counts ordinals 1..5 only: all missing, so it reads the records and
     # stores every old one, including the younger 6..8 (here all older than the bound).
-    await events.decide(event_id, ["p5", "p6", "p7"])
+    await decisions.decide(event_id, ["p5", "p6", "p7"])
     await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 8 and checked[event_id] == 8 and settled[event_id] == 8
 
     # Ordinals 1..8 stored, 9 and 10 not (yet): one count, nothing read, nothing written.
-    await events.decide(event_id, ["p8", "p9"])
+    await decisions.decide(event_id, ["p8", "p9"])
     await _pass(reconciler, issued_before_us=old_enough_us)
     assert await _rows(pg, event_id) == 8 and checked[event_id] == 10 and event_id not in settled
 
@@ -117,6 +107,6 @@ async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catc
     assert await _rows(pg, event_id) == 10 and settled[event_id] == 10
 
     # read_all (a worker's first pass) writes at once, without waiting a pass.
-    await events.decide(event_id, ["p10"])
+    await decisions.decide(event_id, ["p10"])
     await _pass(reconciler, issued_before_us=old_enough_us, read_all=True)
     assert await _rows(pg, event_id) == 11 and checked[event_id] == 11

@@ -21,9 +21,10 @@ from redis.asyncio import Redis
 from lua import source
 from service import store
 from service.config import Settings
-from service.decision import EventStore
 from service.keys import legacy_event_keys
 from service.lifecycle import Lifecycle
+from service.redis_events import RedisEvents
+from service.redis_link import RedisLink
 from service.workers import WorkerBoard
 from tests.support.api import ADMIN_TOKEN, Api, Reply
 from tests.support.invariants import assert_invariants, keyspace, wait_stored
@@ -74,7 +75,7 @@ async def _answered(api: Api, event_id: int, user: str, timeout_s: float = 5.0) 
 async def test_upgrade_keys_moves_a_live_legacy_event_stores_its_issues_and_leaves_others_alone(
     service: ServiceProcess, api: Api, pg: asyncpg.Pool, redis: Redis
 ) -> None:
-    events = EventStore(redis, await keyspace(pg))
+    events = RedisEvents(RedisLink(redis), await keyspace(pg))
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     ours = await api.open_event(50)
     theirs = await api.open_event(10)

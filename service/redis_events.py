@@ -1,0 +1,127 @@
+"""An event's state in Redis outside the issue path: hold it, rebuild it, read it.
+
+The lifecycle (service/lifecycle.py), reconcile and the verification of a Redis use these;
+PostgreSQL is the source of every field written here (service/store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio.lock import Lock
+
+from .keys import Keyspace
+from .redis_link import RedisLink
+
+_MERGE_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimes:
+    """The fields an event's Redis state is built from (PostgreSQL is their source)."""
+
+    quantity: int
+    starts_at_us: int
+    ends_at_us: int  # 0: open-ended
+    expire_at_ms: int
+
+    def args(self) -> list[int]:
+        return [self.quantity, self.starts_at_us, self.ends_at_us, self.expire_at_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisEventState:
+    status: str | None
+    quantity: int | None
+    starts_at_us: int | None
+    ends_at_us: int | None
+    issued: int
+    records: int
+
+
+class RedisEvents:
+    """Hold and rebuild events in Redis, and read their state and records."""
+
+    def __init__(self, link: RedisLink, keys: Keyspace, *, other_calls: int = 8) -> None:
+        self.link = link
+        self.redis = link.redis
+        self.keys = keys
+        # Reads of the issue routes and admin calls: at most this many at once per worker,
+        # so a burst of reads cannot exhaust a cluster node's non-blocking pool.
+        self._others = asyncio.Semaphore(other_calls)
+
+    def shard(self, event_id: int) -> str:
+        """The Redis serving the event now (service/redis_link.py)."""
+        return self.link.shard(self.keys.event(event_id).meta)
+
+    async def hold(self, event_id: int, status: str, times: EventTimes) -> str | None:
+        keys = self.keys.event(event_id)
+        previous = await self.link.run(self.link.hold, [keys.meta], [status, *times.args()])
+        return previous or None
+
+    async def merge_records(self, event_id: int, records: Sequence[tuple[str, int, int]]) -> None:
+        """Add (user, ordinal, issued_at_us) records Redis lacks; never overwrites one."""
+        users_key = self.keys.event(event_id).users
+        for start in range(0, len(records), _MERGE_CHUNK):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user, ordinal, issued_at_us in records[start : start + _MERGE_CHUNK]:
+                    pipe.hsetnx(users_key, user, f"{ordinal}:{issued_at_us}")
+                await pipe.execute()
+
+    async def finish_sync(
+        self, event_id: int, status: str, times: EventTimes, max_ordinal: int
+    ) -> tuple[int, int]:
+        keys = self.keys.event(event_id)
+        seq, records = await self.link.run(
+            self.link.finish_sync, [keys.meta, keys.seq, keys.users], [status, *times.args(), max_ordinal]
+        )
+        return int(seq), int(records)
+
+    async def set_status(self, event_id: int, status: str) -> None:
+        await self.redis.hset(self.keys.event(event_id).meta, "status", status)
+
+    async def delete(self, event_id: int) -> None:
+        keys = self.keys.event(event_id)
+        await self.redis.delete(keys.meta, keys.seq, keys.users)
+
+    async def state(self, event_id: int) -> RedisEventState:
+        keys = self.keys.event(event_id)
+        async with self._others, self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.meta, "status", "quantity", "starts_at", "ends_at")
+            pipe.get(keys.seq)
+            pipe.hlen(keys.users)
+            (status, quantity, starts_at, ends_at), seq, records = await pipe.execute()
+        return RedisEventState(
+            status=status,
+            quantity=_int(quantity),
+            starts_at_us=_int(starts_at),
+            ends_at_us=_int(ends_at),
+            issued=int(seq or 0),
+            records=int(records),
+        )
+
+    async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
+        async with self._others:
+            value = await self.redis.hget(self.keys.event(event_id).users, user_id)
+        return None if value is None else parse_record(str(value))
+
+    async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
+        """Every (user, ordinal, issued_at_us) Redis holds for the event."""
+        async for user, value in self.redis.hscan_iter(self.keys.event(event_id).users, count=5000):
+            ordinal, issued_at_us = parse_record(str(value))
+            yield str(user), ordinal, issued_at_us
+
+    def lock(self, name: str, timeout_s: float) -> Lock:
+        lock: Lock = self.redis.lock(name, timeout=timeout_s, blocking=False)
+        return lock
+
+
+def parse_record(value: str) -> tuple[int, int]:
+    ordinal, _, issued_at_us = value.partition(":")
+    return int(ordinal), int(issued_at_us)
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
