@@ -18,6 +18,15 @@ import asyncpg
 
 from .records import IssueRecord
 
+# Any failure of a PostgreSQL call: the server refused or failed it, the connection broke, or
+# the call's bound ran out. The writer retries on these; service/failures.py names them too.
+POSTGRES_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
 logger = logging.getLogger(__name__)
 
 STAGING_DDL = """

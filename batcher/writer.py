@@ -12,6 +12,7 @@ import asyncpg
 
 from . import sink
 from .buffer import Buffer
+from .sink import POSTGRES_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Writer:
                     if len(self._buffer) < self._batch_rows:
                         break
                 backoff_s = _FIRST_RETRY_S
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except POSTGRES_FAILURES as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning(
@@ -147,7 +148,7 @@ class Writer:
                 raise TimeoutError()
             try:
                 await asyncio.wait_for(self.flush(), remaining)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except POSTGRES_FAILURES as exc:  # out of budget: the loop raises TimeoutError next
                 logger.warning("drain flush failed (%s); %d rows left", exc, len(self._buffer))
                 await asyncio.sleep(min(backoff_s, max(0.0, deadline - time.monotonic())))
                 backoff_s = min(backoff_s * 2, self._retry_max_s)

@@ -174,12 +174,14 @@ def _check() -> int:
     import asyncpg
     import redis
 
+    from .failures import POSTGRES_FAILURES, REDIS_FAILURES
+
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     failed = 0
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except redis.RedisError as exc:
+    except REDIS_FAILURES as exc:
         print(f"Redis is not reachable at {redis_url} ({exc}); start it with: {_REDIS_HINT}", file=sys.stderr)
         failed = 1
 
@@ -193,7 +195,7 @@ def _check() -> int:
 
     try:
         asyncio.run(postgres())
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+    except POSTGRES_FAILURES as exc:
         print(
             f"PostgreSQL is not reachable at {database_url} ({exc}); start it with: {_POSTGRES_HINT}",
             file=sys.stderr,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 from . import metrics
+from .failures import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,6 @@ class EvictionWatch:
         while True:
             try:
                 await self.check()
-            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 logger.debug("eviction policy not read: %s", type(exc).__name__)
             await asyncio.sleep(CHECK_INTERVAL_S)

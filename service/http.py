@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 import orjson
-from redis.exceptions import RedisError
 from sanic import HTTPResponse, Request
 from sanic.exceptions import MethodNotAllowed as SanicMethodNotAllowed
 from sanic.exceptions import NotFound as SanicNotFound
@@ -20,8 +18,8 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
-    Unavailable,
 )
+from .failures import unavailable
 from .instrument import answered, route_name
 
 logger = logging.getLogger(__name__)
@@ -61,11 +59,10 @@ def _refusal(request: Request, exc: Exception) -> ServiceError:
     if isinstance(exc, SanicPayloadTooLarge):
         return PayloadTooLarge()
     # Logged by route name, never by path: a path can hold a user id.
-    if isinstance(
-        exc, (RedisError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
-    ):
+    refusal = unavailable(exc)
+    if refusal is not None:
         logger.warning("dependency failed on %s: %s", route_name(request), type(exc).__name__)
-        return Unavailable()
+        return refusal
     if isinstance(exc, SanicException) and 400 <= exc.status_code < 500:
         return _client_error(exc.status_code)
     logger.exception("unhandled error on %s %s", request.method, route_name(request))

@@ -6,8 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from batcher import Buffer, BufferFull, IssueRecord, Writer
 
 from . import metrics
@@ -25,6 +23,7 @@ from .errors import (
     Unavailable,
 )
 from .eviction import EvictionWatch
+from .failures import REDIS_FAILURES
 from .redis_decisions import NotReplicated, Outcome, RedisDecisions
 from .timefmt import iso_us
 from .trust import Trust
@@ -160,7 +159,7 @@ class Issuer:
             metrics.decide_unreplicated.inc()
             logger.warning("issue batch for event %d not replicated in time: %s", event_id, exc)
             raise Unavailable("the issue could not be confirmed; retry shortly") from exc
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._buffer.release(len(users))
             breaker.record_failure()
             metrics.decide_failures.inc()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from redis.exceptions import LockError, RedisError
 
 from batcher import IssueRecord
 from batcher.recovery import write_missing
@@ -20,6 +19,7 @@ from . import metrics, store
 from .config import Settings
 from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
 from .events import EventSpec
+from .failures import DEPENDENCY_FAILURES, LOCK_RELEASE_FAILURES, REDIS_FAILURES
 from .foreign import refuse_foreign
 from .keys import expire_at_ms, legacy_event_keys
 from .redis_events import EventTimes, RedisEvents, RedisEventState
@@ -28,6 +28,9 @@ from .timefmt import iso, now_utc, to_us
 from .workers import WorkerBoard
 
 logger = logging.getLogger(__name__)
+
+# What a verification of a suspect event retries on: its own refusals and any dependency failure.
+_RETRIED: tuple[type[BaseException], ...] = (ServiceError, *DEPENDENCY_FAILURES)
 
 # Long enough for a rebuild of a large event; the lock lapses if its holder dies.
 _LOCK_TTL_S = 120.0
@@ -117,7 +120,7 @@ class Lifecycle:
         row = await self._row(event_id)
         try:
             state = await self._events.state(event_id)
-        except RedisError:
+        except REDIS_FAILURES:
             state = None
         return EventReport(
             row=row,
@@ -279,7 +282,7 @@ class Lifecycle:
     async def _restore(self, event_id: int, status: str) -> None:
         try:
             await self._events.set_status(event_id, status)
-        except RedisError:
+        except REDIS_FAILURES:
             logger.exception("could not restore event %d to %s; run sync again", event_id, status)
 
     async def _close(self, row: EventRow) -> EventReport:
@@ -310,7 +313,7 @@ class _EventLock:
     async def __aenter__(self) -> None:
         try:
             acquired = await self._lock.acquire()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise Unavailable("Redis is unreachable") from exc
         if not acquired:
             raise Busy()
@@ -318,7 +321,7 @@ class _EventLock:
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             await self._lock.release()
-        except (LockError, RedisError):
+        except LOCK_RELEASE_FAILURES:
             logger.warning("event lock %s lapsed before release", self._lock.name)
 
 
@@ -355,7 +358,7 @@ class SuspectEvents:
                 return
             except ForeignState:
                 return
-            except (ServiceError, RedisError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            except _RETRIED as exc:
                 logger.warning("verifying event %d failed (%s); retrying", event_id, type(exc).__name__)
                 await asyncio.sleep(_SUSPECT_RETRY_S)
 

@@ -14,10 +14,10 @@ import logging
 import time
 
 import asyncpg
-from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
 from .errors import ForeignState
+from .failures import DEPENDENCY_FAILURES, LOCK_RELEASE_FAILURES
 from .lifecycle import Lifecycle
 from .redis_events import RedisEvents
 from .store import EventRow
@@ -76,7 +76,7 @@ class Reconciler:
         finally:
             try:
                 await lock.release()
-            except (LockError, RedisError):
+            except LOCK_RELEASE_FAILURES:
                 logger.warning("reconcile lock lapsed before release")
 
     async def _event(self, event: EventRow, issued_before_us: int, read_all: bool) -> int:
@@ -113,14 +113,7 @@ class Reconciler:
                     issued_before_us=_now_us() - int(min_age_s * 1e6) if started else started_at_us,
                     read_all=not started,
                 )
-            except (
-                TimeoutError,
-                RedisError,
-                RedisClusterException,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-            ) as exc:
+            except DEPENDENCY_FAILURES as exc:
                 logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
                 metrics.reconcile_failures.inc()
                 written = None

@@ -6,13 +6,12 @@ import asyncio
 import logging
 from importlib import resources
 
-import asyncpg
-from redis.exceptions import RedisClusterException, RedisError
 from sanic import Blueprint, HTTPResponse, Request
 
 from . import metrics, store, validation
 from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
+from .failures import DEPENDENCY_FAILURES, POSTGRES_FAILURES, REDIS_FAILURES
 from .http import json
 from .instrument import observed
 from .runtime import Worker, worker_of
@@ -122,7 +121,7 @@ async def prometheus_metrics(request: Request) -> HTTPResponse:
     ctx = worker_of(request)
     try:
         states = await asyncio.wait_for(_event_states(ctx), max(ctx.settings.redis_timeout_s, 1.0))
-    except (RedisError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except DEPENDENCY_FAILURES as exc:
         logger.debug("event gauges left out: %s", type(exc).__name__)
         states = []
     body = metrics.exposition(metrics.event_families(states))
@@ -167,12 +166,12 @@ async def ready(request: Request) -> HTTPResponse:
         checks["verified"] = ctx.trust.refusal is None and not ctx.trust.untrusted
         await asyncio.wait_for(ctx.eviction.check(), timeout_s)
         checks["noeviction"] = ctx.eviction.unsafe is None
-    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+    except REDIS_FAILURES as exc:
         logger.debug("not ready: Redis: %s", type(exc).__name__)
     try:
         await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), max(timeout_s, 1.0))
         checks["postgres"] = True
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except POSTGRES_FAILURES as exc:
         logger.debug("not ready: PostgreSQL: %s", type(exc).__name__)
     workers = len(ctx.board.slots())
     if all(checks.values()):

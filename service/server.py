@@ -17,7 +17,11 @@ from . import eviction, metrics
 from .app import create_app
 from .config import ConfigError, Settings
 from .draining import DrainingHttpProtocol
+from .failures import POSTGRES_FAILURES, REDIS_FAILURES
 from .keys import stored_namespace
+
+# PostgreSQL failed, or the database is not migrated (no deployment row).
+_NAMESPACE_UNREADABLE: tuple[type[BaseException], ...] = (*POSTGRES_FAILURES, LookupError)
 
 
 def main() -> None:
@@ -58,7 +62,7 @@ def _namespace(settings: Settings) -> str:
 
     try:
         return asyncio.run(read())
-    except (OSError, TimeoutError, asyncpg.PostgresError, LookupError) as exc:
+    except _NAMESPACE_UNREADABLE as exc:
         _stop(
             f"cannot read the deployment's Redis namespace from DATABASE_URL ({type(exc).__name__}: {exc});"
             " start PostgreSQL and run `couponctl migrate`, or pin one with REDIS_KEY_PREFIX"
@@ -85,7 +89,7 @@ def _refuse_evicting_redis(settings: Settings) -> None:
             client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         reports = eviction.read_blocking(client)
         client.close()
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         print(f"coupon-service: Redis not checked at start ({type(exc).__name__}); workers check it later")
         return
     for report in reports:

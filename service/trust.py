@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import metrics
+from .failures import REDIS_FAILURES
 from .keys import Keyspace, tag_for_slot
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class Trust:
                     info, mark = await pipe.execute()
                 target = Target("redis", self._keys.verified, self._keys.verify_lock, str(info["run_id"]))
                 self._trusted(target, mark)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 logger.debug("Redis identity not read: %s", type(exc).__name__)
             await asyncio.sleep(WATCH_INTERVAL_S)
 

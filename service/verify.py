@@ -12,6 +12,7 @@ resumes. State that cannot be the event's keeps it on hold and is refused loudly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -22,10 +23,10 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.cluster import PRIMARY
-from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from . import metrics, store
 from .errors import ForeignState
+from .failures import LOCK_RELEASE_FAILURES, REDIS_FAILURES
 from .keys import Keyspace
 from .lifecycle import Lifecycle
 from .redis_events import RedisEvents
@@ -85,7 +86,7 @@ class Verifier:
         finally:
             try:
                 await lock.release()
-            except (LockError, RedisError):
+            except LOCK_RELEASE_FAILURES:
                 logger.warning("verification lock lapsed before release")
 
     async def _run_id(self, target: Target) -> str | None:
@@ -201,11 +202,10 @@ async def publish_periodically(
             accepted, stored = watermarks()
             try:
                 await client.hset(keys.writers, name, f"{accepted}:{stored}:{time.time_ns() // 1_000_000}")
-            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 logger.debug("beacon not published: %s", type(exc).__name__)
             await asyncio.sleep(BEACON_S)
     finally:
-        try:
+        # Best effort: a beacon left behind ages out (_STALE_S).
+        with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
             await asyncio.shield(client.hdel(keys.writers, name))
-        except (RedisError, RedisClusterException, OSError, TimeoutError, asyncio.CancelledError):
-            pass

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import asyncpg
 import orjson
 import pytest
+from redis.exceptions import ClusterDownError as RedisClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sanic.exceptions import MethodNotAllowed, NotFound, PayloadTooLarge
 
@@ -87,6 +89,12 @@ def test_keys_expire_past_the_end_or_long_after_now_when_open_ended() -> None:
         (MethodNotAllowed("x", "GET", ["POST"]), 405, "method_not_allowed"),
         (PayloadTooLarge("x"), 413, "payload_too_large"),
         (RedisConnectionError("down"), 503, "unavailable"),
+        (RedisClusterDownError("CLUSTERDOWN"), 503, "unavailable"),
+        (asyncpg.ConnectionDoesNotExistError("gone"), 503, "unavailable"),
+        (asyncpg.AdminShutdownError("shutting down"), 503, "unavailable"),
+        (asyncpg.CannotConnectNowError("starting up"), 503, "unavailable"),
+        (TimeoutError(), 503, "unavailable"),
+        (asyncpg.UniqueViolationError("a query the service got wrong"), 500, "internal"),
         (RuntimeError("bug"), 500, "internal"),
     ],
 )
