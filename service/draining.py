@@ -23,7 +23,7 @@ class DrainingHttpProtocol(HttpProtocol):
     live: ClassVar[set[Any] | None] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[no-untyped-call]
+        HttpProtocol.connection_made(self, transport)
         DrainingHttpProtocol.live = self.connections
 
 

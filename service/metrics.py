@@ -66,7 +66,7 @@ def _cache_process_id() -> None:
 
     os.register_at_fork(after_in_child=after_fork)
     if values.ValueClass is not MutexValue:  # multiprocess mode: chosen before any metric
-        values.ValueClass = MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
+        values.ValueClass = MultiProcessValue(process_identifier=lambda: pid)
 
 
 _cache_process_id()
@@ -300,7 +300,7 @@ def multiprocess_enabled() -> bool:
 def mark_dead(pid: int) -> None:
     """Drop a dead worker's gauges (its counters keep counting toward the sums)."""
     if multiprocess_enabled():
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid)
 
 
 class _Snapshot(Collector):
@@ -336,7 +336,7 @@ def exposition(extra: list[Metric]) -> bytes:
     """Every worker's samples merged, plus ``extra`` families, in the text format."""
     registry = CollectorRegistry()
     if multiprocess_enabled():
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
     else:  # a single process (tests, an embedded app): its own default registry
         from prometheus_client import REGISTRY
 

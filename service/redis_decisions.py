@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -16,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .keys import Keyspace
-from .redis_link import RedisLink, closed_by_peer
+from .redis_link import RedisLink, closed_by_peer, pack_command
 
 
 class Outcome(enum.IntEnum):
@@ -84,7 +83,7 @@ class RedisDecisions:
             return
         for _ in range(self._lane_size - len(self._lane)):
             connection = self._new_lane_connection()
-            await connection.connect()  # type: ignore[no-untyped-call]
+            await connection.connect()
             self._lane.append(connection)
 
     def _new_lane_connection(self) -> AbstractConnection:
@@ -139,7 +138,7 @@ class RedisDecisions:
             async with asyncio.timeout(self._lane_timeout_s):
                 try:
                     await connection.send_packed_command(
-                        hiredis.pack_command(("EVALSHA", str(self.link.issue.sha), len(keys), *keys, *args)),  # type: ignore[arg-type]
+                        pack_command(("EVALSHA", str(self.link.issue.sha), len(keys), *keys, *args)),
                         check_health=False,
                     )
                     reply = await connection.read_response()
@@ -158,7 +157,7 @@ class RedisDecisions:
             lane.append(connection)
         else:
             await connection.disconnect()
-        return reply  # type: ignore[no-any-return]
+        return cast(list[int], reply)  # the script answers a list of integers
 
     async def _run_on_node(self, cluster: RedisCluster, keys: list[str], args: list[str | int]) -> list[int]:
         """The script straight to the primary the slot map names: the cluster client's own
@@ -174,7 +173,7 @@ class RedisDecisions:
         if isinstance(reply, Exception):
             self.link.refresh_topology()
             raise reply
-        return reply  # type: ignore[no-any-return]
+        return cast(list[int], reply)  # the script answers a list of integers
 
     async def _on_primary(
         self, cluster: RedisCluster, key: str, *commands: tuple[str | int, ...]
@@ -189,11 +188,11 @@ class RedisDecisions:
             raise RedisConnectionError(f"no primary serves the slot of {key}")
         connection = node.acquire_connection()
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]
+            await connection.connect()
             if self._admit is not None:
                 self._admit(node.name)
             await connection.send_packed_command(
-                b"".join(hiredis.pack_command(command) for command in commands),  # type: ignore[arg-type]
+                b"".join(pack_command(command) for command in commands),
                 check_health=False,
             )
             replies: list[Any] = []
@@ -238,7 +237,7 @@ class RedisDecisions:
                 raise result
         if int(acknowledged) < self._wait_replicas:
             raise NotReplicated(int(acknowledged), self._wait_replicas, reply)
-        return reply  # type: ignore[no-any-return]
+        return cast(list[int], reply)  # the script answers a list of integers
 
     async def _pipeline_wait(
         self, command: str, script: str, keys: list[str], args: list[str | int]

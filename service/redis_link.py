@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -26,6 +27,9 @@ from lua import source
 logger = logging.getLogger(__name__)
 
 Client = Redis | RedisCluster
+
+# hiredis packs a command in C. Its stub declares a one-element tuple; it takes any length.
+pack_command = cast(Callable[[tuple[str | int, ...]], bytes], hiredis.pack_command)
 
 
 def connect_cluster(

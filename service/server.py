@@ -79,7 +79,7 @@ def _refuse_evicting_redis(settings: Settings) -> None:
     client: redis.Redis | redis.RedisCluster
     try:
         if settings.redis_cluster:
-            seeds = [redis.cluster.ClusterNode(h, p) for h, p in settings.redis_cluster_nodes]  # type: ignore[no-untyped-call]
+            seeds = [redis.cluster.ClusterNode(h, p) for h, p in settings.redis_cluster_nodes]
             client = redis.RedisCluster(
                 startup_nodes=seeds,
                 socket_timeout=5,

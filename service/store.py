@@ -78,7 +78,8 @@ async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
 
 
 async def event_status(pool: asyncpg.Pool, event_id: int) -> str | None:
-    return await pool.fetchval("SELECT status FROM events WHERE id = $1", event_id)  # type: ignore[no-any-return]
+    status: str | None = await pool.fetchval("SELECT status FROM events WHERE id = $1", event_id)
+    return status
 
 
 async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
@@ -112,14 +113,16 @@ async def issue_counts(pool: asyncpg.Pool, event_ids: list[int]) -> dict[int, in
 
 
 async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
-    return await pool.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)  # type: ignore[no-any-return]
+    count: int = await pool.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
+    return count
 
 
 async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -> int:
     """Stored issues of the event with ordinals 1..``ordinal`` (an index-only count)."""
-    return await pool.fetchval(  # type: ignore[no-any-return]
+    count: int = await pool.fetchval(
         "SELECT count(*) FROM coupon_issues WHERE event_id = $1 AND ordinal <= $2", event_id, ordinal
     )
+    return count
 
 
 async def issue_ordinals(pool: asyncpg.Pool, event_id: int) -> dict[str, int]:
@@ -137,7 +140,8 @@ async def issue(pool: asyncpg.Pool, event_id: int, user_id: str) -> asyncpg.Reco
 
 
 async def issue_records(pool: asyncpg.Pool, event_id: int) -> Sequence[asyncpg.Record]:
-    return await pool.fetch(  # type: ignore[no-any-return]
+    records: Sequence[asyncpg.Record] = await pool.fetch(
         "SELECT user_id, ordinal, issued_at FROM coupon_issues WHERE event_id = $1 ORDER BY ordinal",
         event_id,
     )
+    return records

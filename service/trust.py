@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,6 +32,7 @@ from redis.exceptions import RedisError
 from . import metrics
 from .failures import REDIS_FAILURES
 from .keys import Keyspace, tag_for_slot
+from .redis_link import pack_command
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run_id_of(info: str) -> str:
 
 
 def _pack(*commands: tuple[str, ...]) -> bytes:
-    return b"".join(hiredis.pack_command(command) for command in commands)  # type: ignore[arg-type]
+    return b"".join(pack_command(command) for command in commands)
 
 
 def _first_own_slot(myid: str, slots: list[Any]) -> int | None:
