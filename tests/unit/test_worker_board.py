@@ -21,13 +21,23 @@ def _boards(count: int) -> list[WorkerBoard]:
     ]
 
 
-@pytest.fixture
-def other_worker() -> Iterator[subprocess.Popen[bytes]]:
-    """A live process standing in for another worker of the host."""
+def _live_process() -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(["sleep", "60"])
     yield process
     process.kill()
     process.wait()
+
+
+@pytest.fixture
+def other_worker() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process standing in for another worker of the host."""
+    yield from _live_process()
+
+
+@pytest.fixture
+def successor() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process standing in for the worker started in place of a dead one."""
+    yield from _live_process()
 
 
 def test_each_worker_claims_its_own_slot_and_a_released_one_is_reused(
@@ -116,6 +126,21 @@ async def test_a_worker_that_dies_while_waited_for_holds_nothing_up(
     assert not waiting.done()
     other_worker.kill()
     other_worker.wait()
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_worker_replaced_while_waited_for_holds_nothing_up(
+    other_worker: subprocess.Popen[bytes], successor: subprocess.Popen[bytes]
+) -> None:
+    mine, theirs, replacement = _boards(3)
+    assert theirs.claim(other_worker.pid) == 0
+    theirs.publish(accepted=5, stored=0)
+    waiting = asyncio.create_task(mine.wait_stored(timeout_s=5, poll_s=0.001))
+    await asyncio.sleep(0)  # the wait takes its targets
+    other_worker.kill()
+    other_worker.wait()
+    assert replacement.claim(successor.pid) == 0  # the dead worker's slot, watermarks reset
+    replacement.publish(accepted=1, stored=0)  # what it accepted since is not waited for
     await asyncio.wait_for(waiting, 1)
 
 
