@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from batcher import Buffer, BufferFull, IssueRecord, Writer
+from batcher import Buffer, BufferFull, IssueRecord
 
 from . import metrics
 from .breaker import CircuitBreaker
@@ -22,11 +23,9 @@ from .errors import (
     SoldOut,
     Unavailable,
 )
-from .eviction import EvictionWatch
 from .failures import REDIS_FAILURES
-from .redis_decisions import NotReplicated, Outcome, RedisDecisions
+from .redis_decisions import NotReplicated, Outcome
 from .timefmt import iso_us
-from .trust import Trust
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +69,46 @@ class SoldOutFlags:
             self._flags[event_id] = (time.monotonic() + self._ttl_s, self._epoch())
 
 
+class Decisions(Protocol):
+    """Redis's decisions (service/redis_decisions.py)."""
+
+    def shard(self, event_id: int) -> str: ...
+
+    async def decide(self, event_id: int, users: Sequence[str], deadline_us: int = 0) -> list[int]: ...
+
+
+class Flusher(Protocol):
+    """The buffer's writer (batcher/writer.py), told when rows were added."""
+
+    def notify(self) -> None: ...
+
+
+class Eviction(Protocol):
+    """Whether Redis may evict keys now (service/eviction.py)."""
+
+    @property
+    def unsafe(self) -> str | None: ...
+
+
+class Verified(Protocol):
+    """Which Redis is verified against PostgreSQL (service/trust.py)."""
+
+    @property
+    def refusal(self) -> str | None: ...
+
+    @property
+    def untrusted(self) -> dict[str, str]: ...
+
+
 class Issuer:
     def __init__(
         self,
-        decisions: RedisDecisions,
+        decisions: Decisions,
         buffer: Buffer,
-        writer: Writer,
+        writer: Flusher,
         directory: EventDirectory,
-        eviction: EvictionWatch,
-        trust: Trust,
+        eviction: Eviction,
+        trust: Verified,
         on_broken: Callable[[int], None],
         sold_out: SoldOutFlags,
         breaker: Callable[[], CircuitBreaker],

@@ -12,20 +12,72 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import Protocol
 
 import asyncpg
 
 from . import metrics, store
 from .errors import ForeignState
 from .failures import DEPENDENCY_FAILURES, LOCK_RELEASE_FAILURES
-from .lifecycle import Lifecycle
-from .redis_events import RedisEvents
+from .keys import Keyspace
+from .lifecycle import Recorded
+from .redis_events import RedisEventState
 from .store import EventRow
 
 logger = logging.getLogger(__name__)
 
 _RETRY_S = 1.0
 _LOCK_S = 10.0
+
+
+class Store(Protocol):
+    """What a pass reads of PostgreSQL."""
+
+    async def live_events(self) -> list[EventRow]: ...
+
+    async def issue_count_through(self, event_id: int, ordinal: int) -> int: ...
+
+
+class PostgresStore:
+    """The Store on the service's pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def live_events(self) -> list[EventRow]:
+        return await store.live_events(self._pool)
+
+    async def issue_count_through(self, event_id: int, ordinal: int) -> int:
+        return await store.issue_count_through(self._pool, event_id, ordinal)
+
+
+class Lease(Protocol):
+    """The reconcile lock, taken without waiting (a redis-py Lock)."""
+
+    async def acquire(self) -> bool: ...
+
+    def reacquire(self) -> Awaitable[bool]: ...
+
+    async def release(self) -> None: ...
+
+
+class Events(Protocol):
+    """What a pass asks of Redis (service/redis_events.py)."""
+
+    keys: Keyspace
+
+    def lock(self, name: str, timeout_s: float) -> Lease: ...
+
+    async def state(self, event_id: int) -> RedisEventState: ...
+
+
+class Repairs(Protocol):
+    """What a pass asks of the lifecycle (service/lifecycle.py)."""
+
+    def refuse_impossible(self, event: EventRow, state: RedisEventState, where: str) -> None: ...
+
+    async def store_recorded(self, event: EventRow, *, issued_before_us: int | None = None) -> Recorded: ...
 
 
 class Reconciler:
@@ -44,8 +96,8 @@ class Reconciler:
       An event first seen gets that count a pass later, unless the pass reads everything.
     """
 
-    def __init__(self, pool: asyncpg.Pool, events: RedisEvents, lifecycle: Lifecycle) -> None:
-        self._pool = pool
+    def __init__(self, stored: Store, events: Events, lifecycle: Repairs) -> None:
+        self._stored = stored
         self._events = events
         self._lifecycle = lifecycle
         self.settled: dict[int, int] = {}
@@ -61,7 +113,7 @@ class Reconciler:
             return None
         try:
             written = 0
-            live = await store.live_events(self._pool)
+            live = await self._stored.live_events()
             for event in live:
                 try:
                     written += await self._event(event, issued_before_us, read_all)
@@ -89,7 +141,7 @@ class Reconciler:
             return 0
         if not read_all:
             through = min(checked_through, state.issued)
-            if through == 0 or await store.issue_count_through(self._pool, event.id, through) == through:
+            if through == 0 or await self._stored.issue_count_through(event.id, through) == through:
                 self.settled.pop(event.id, None)  # not known whole: looked at again next pass
                 return 0
         recorded = await self._lifecycle.store_recorded(event, issued_before_us=issued_before_us)

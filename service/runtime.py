@@ -36,7 +36,7 @@ from .eviction import EvictionWatch
 from .issuing import Issuer, SoldOutFlags
 from .keys import Keyspace
 from .lifecycle import Lifecycle, SuspectEvents
-from .reconcile import Reconciler
+from .reconcile import PostgresStore, Reconciler
 from .redis_decisions import RedisDecisions
 from .redis_events import RedisEvents
 from .redis_link import Client, RedisLink, connect, connect_cluster
@@ -188,7 +188,7 @@ async def running(
             # One Redis only: a cluster's failover always means new connections, each
             # admitted by the gate.
             _task(stack, trust.watch(guard_redis), "trust-watch")
-        reconciler = Reconciler(pool, events, lifecycle)
+        reconciler = Reconciler(PostgresStore(pool), events, lifecycle)
         _task(
             stack,
             reconciler.run(interval_s=settings.reconcile_interval_s, min_age_s=settings.reconcile_min_age_s),

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from service.config import Settings
 from service.keys import EventKeys
 from service.lifecycle import Lifecycle
-from service.reconcile import Reconciler
+from service.reconcile import PostgresStore, Reconciler
 from service.redis_events import RedisEvents
 from service.store import EventRow
 from service.workers import WorkerBoard
@@ -182,7 +182,7 @@ async def test_reconcile_refuses_an_out_of_range_record_writes_nothing_and_says_
         with caplog.at_level(logging.ERROR, logger="service.foreign"):
             written = None
             for _ in range(100):  # the shared service may hold the reconcile lock for a moment
-                written = await Reconciler(pg, events, lifecycle).pass_once(
+                written = await Reconciler(PostgresStore(pg), events, lifecycle).pass_once(
                     issued_before_us=time.time_ns() // 1000 + 10**6, read_all=True
                 )
                 if written is not None:

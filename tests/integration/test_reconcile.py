@@ -9,7 +9,7 @@ import asyncpg
 
 from service.config import Settings
 from service.lifecycle import Lifecycle
-from service.reconcile import Reconciler
+from service.reconcile import PostgresStore, Reconciler
 from service.redis_decisions import RedisDecisions
 from service.redis_events import RedisEvents
 from service.store import EventRow
@@ -49,7 +49,7 @@ async def test_decisions_no_worker_stored_are_written_then_the_event_settles(
     event_id = await _open_event(pg, lifecycle, 100)
     # Decided in Redis, never buffered anywhere: a worker that died before its flush.
     await decisions.decide(event_id, [f"r{n}" for n in range(7)])
-    reconciler = Reconciler(pg, events, lifecycle)
+    reconciler = Reconciler(PostgresStore(pg), events, lifecycle)
     now_us = time.time_ns() // 1000 + 1_000_000
 
     # A worker's first pass reads everything (read_all): the records are written at once.
@@ -69,7 +69,7 @@ async def test_records_younger_than_the_bound_are_left_to_their_writer(
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
     await decisions.decide(event_id, ["young"])
-    reconciler = Reconciler(pg, events, lifecycle)
+    reconciler = Reconciler(PostgresStore(pg), events, lifecycle)
     long_ago_us = time.time_ns() // 1000 - 60_000_000
 
     await _pass(reconciler, issued_before_us=long_ago_us, read_all=True)
@@ -81,7 +81,7 @@ async def test_periodic_passes_check_mid_sale_events_by_one_count_and_still_catc
 ) -> None:
     lifecycle = Lifecycle(pg, events, WorkerBoard.local(), Settings(admin_token=ADMIN_TOKEN))
     event_id = await _open_event(pg, lifecycle, 100)
-    reconciler = Reconciler(pg, events, lifecycle)
+    reconciler = Reconciler(PostgresStore(pg), events, lifecycle)
     settled, checked = reconciler.settled, reconciler.checked
     old_enough_us = time.time_ns() // 1000 + 60_000_000  # every record counts as old here
 

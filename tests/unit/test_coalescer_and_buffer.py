@@ -6,7 +6,6 @@ import pytest
 
 from batcher import Buffer, BufferFull, IssueRecord
 from service.coalescer import Coalescer
-from service.issuing import SoldOutFlags
 
 
 async def test_requests_of_one_loop_turn_share_one_decision() -> None:
@@ -64,15 +63,3 @@ def test_the_buffer_reserves_before_and_counts_watermarks() -> None:
     assert published == [(2, 0), (2, 1)]
     with pytest.raises(ValueError):
         buffer.commit([IssueRecord(1, "c", 3, 0)], reserved=0)
-
-
-def test_sold_out_flags_lapse_and_clear_with_the_epoch() -> None:
-    epoch = [0]
-    flags = SoldOutFlags(60, lambda: epoch[0])
-    flags.set(1)
-    assert flags.is_set(1) and not flags.is_set(2)
-    epoch[0] += 1
-    assert not flags.is_set(1)
-    never = SoldOutFlags(0, lambda: 0)
-    never.set(1)
-    assert not never.is_set(1)
