@@ -55,6 +55,9 @@ class Settings:
     buffer_max_rows: int = 200_000
     flush_retry_max_s: float = 5.0
     sold_out_cache_ms: int = 1000
+    # How stale a worker's copy of an event's row may be; open, close and sync on this host
+    # clear it at once. At least 100 ms, so a flood of reads never becomes a flood of queries.
+    event_cache_ms: int = 1000
     reconcile_interval_s: float = 30.0
     reconcile_min_age_s: float = 10.0
     sync_timeout_s: float = 30.0
@@ -105,6 +108,7 @@ class Settings:
             buffer_max_rows=env.integer("BUFFER_MAX_ROWS", d["buffer_max_rows"], 1, 100_000_000),
             flush_retry_max_s=env.number("FLUSH_RETRY_MAX_S", d["flush_retry_max_s"], 0.01, 600.0),
             sold_out_cache_ms=env.integer("SOLD_OUT_CACHE_MS", d["sold_out_cache_ms"], 0, 60_000),
+            event_cache_ms=env.integer("EVENT_CACHE_MS", d["event_cache_ms"], 100, 60_000),
             reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", d["reconcile_interval_s"], 0.1, 86_400.0),
             reconcile_min_age_s=env.number("RECONCILE_MIN_AGE_S", d["reconcile_min_age_s"], 0.0, 86_400.0),
             sync_timeout_s=env.number("SYNC_TIMEOUT_S", d["sync_timeout_s"], 0.1, 3600.0),
@@ -149,6 +153,10 @@ class Settings:
     @property
     def sold_out_cache_s(self) -> float:
         return self.sold_out_cache_ms / 1000
+
+    @property
+    def event_cache_s(self) -> float:
+        return self.event_cache_ms / 1000
 
 
 def _defaults(cls: type[Settings]) -> dict[str, Any]:

@@ -107,6 +107,21 @@ class RedisEvents:
             value = await self.redis.hget(self.keys.event(event_id).users, user_id)
         return None if value is None else parse_record(str(value))
 
+    async def issue_of(self, event_id: int, user_id: str) -> tuple[tuple[int, int] | None, bool]:
+        """The user's (ordinal, issued_at_us) in Redis, and whether Redis holds every issue
+        of the event: it is open there and its keys are whole (the issue script's test), so
+        a missing record means the user holds no coupon. One round trip."""
+        keys = self.keys.event(event_id)
+        async with self._others, self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.users, user_id)
+            pipe.hget(keys.meta, "status")
+            pipe.get(keys.seq)
+            pipe.hlen(keys.users)
+            value, status, seq, records = await pipe.execute()
+        whole = seq is not None and int(records) <= int(seq) and (int(seq) == 0 or int(records) > 0)
+        record = None if value is None else parse_record(str(value))
+        return record, status == "open" and whole
+
     async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
         """Every (user, ordinal, issued_at_us) Redis holds for the event."""
         async for user, value in self.redis.hscan_iter(self.keys.event(event_id).users, count=5000):

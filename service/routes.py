@@ -39,15 +39,17 @@ async def issue(request: Request, event_id: str) -> HTTPResponse:
 @public.get("/events/<event_id:str>", name="event")
 @observed
 async def event(request: Request, event_id: str) -> HTTPResponse:
+    """What a sale page polls. While the event is live this reads Redis only: the row comes
+    from the worker's cache (EVENT_CACHE_MS), the remaining stock from the event's keys."""
     ctx = worker_of(request)
     event = validation.event_id(event_id)
-    row = await store.event(ctx.pool, event)
+    row = await ctx.directory.event(event)
     if row is None:
         raise EventNotFound()
     state = await ctx.events.state(event)
     if state.status is not None:
         issued = state.issued
-    else:
+    else:  # not in Redis: closed, never opened, or being recovered
         issued = await store.issue_count(ctx.pool, event)
     remaining = max(0, row.quantity - issued)
     return json(
@@ -65,13 +67,14 @@ async def event(request: Request, event_id: str) -> HTTPResponse:
 
 
 def _public_status(stored: str, live: str | None, row: store.EventRow, remaining: int) -> str:
-    """What a shopper sees: created, scheduled, open, sold_out, ended, closed or unavailable."""
+    """What a shopper sees: created, scheduled, open, sold_out, ended, closed or unavailable.
+
+    ``stored`` may be up to EVENT_CACHE_MS old; ``live`` (Redis) is not, and wins where the
+    two can disagree."""
     if stored == "closed" or live == "closed":
         return "closed"
-    if stored == "created":
-        return "created"
     if live is None or live == "syncing":
-        return "unavailable"
+        return "created" if stored == "created" else "unavailable"
     now_us = to_us(now_utc())
     if now_us < to_us(row.starts_at):
         return "scheduled"
@@ -83,17 +86,21 @@ def _public_status(stored: str, live: str | None, row: store.EventRow, remaining
 @public.get("/events/<event_id:str>/issues/<user_id:str>", name="user_issue")
 @observed
 async def user_issue(request: Request, event_id: str, user_id: str) -> HTTPResponse:
+    """A user checking their coupon. While the event is open and whole in Redis, Redis holds
+    every issue of it and answers alone; otherwise PostgreSQL is asked."""
     ctx = worker_of(request)
     event = validation.event_id(event_id)
     user = validation.user_id_path(user_id)
-    record = await ctx.events.record(event, user)
+    record, complete = await ctx.events.issue_of(event, user)
     if record is not None:
         ordinal, issued_at_us = record
         issued_at: str | None = iso_us(issued_at_us)
+    elif complete:
+        raise IssueNotFound()
     else:
         row = await store.issue(ctx.pool, event, user)
         if row is None:
-            if await store.event_status(ctx.pool, event) is None:
+            if await ctx.directory.event(event) is None:
                 raise EventNotFound()
             raise IssueNotFound()
         ordinal, issued_at = row["ordinal"], iso(row["issued_at"])

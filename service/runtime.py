@@ -62,6 +62,7 @@ class Worker:
     pool: asyncpg.Pool
     redis: RedisLink
     events: RedisEvents
+    directory: EventDirectory  # events as PostgreSQL holds them, cached briefly
     trust: Trust
     eviction: EvictionWatch
     issuer: Issuer
@@ -154,15 +155,16 @@ async def running(
         writer.start()
         stack.push_async_callback(writer.close, settings.graceful_timeout_s)
         stack.push_async_callback(suspects.close)
+        directory = EventDirectory(
+            lambda event_id: store.event(pool, event_id),
+            ttl_s=settings.event_cache_s,
+            epoch=lambda: board.epoch,
+        )
         issuer = Issuer(
             decisions,
             buffer,
             writer,
-            EventDirectory(
-                lambda event_id: store.event_status(pool, event_id),
-                ttl_s=max(settings.sold_out_cache_s, 0.1),
-                epoch=lambda: board.epoch,
-            ),
+            directory,
             eviction,
             trust,
             lambda event_id: suspects.verify(event_id, "its Redis keys are not whole"),
@@ -194,7 +196,9 @@ async def running(
             reconciler.run(interval_s=settings.reconcile_interval_s, min_age_s=settings.reconcile_min_age_s),
             "reconcile",
         )
-        yield Worker(settings, verifier, board, pool, link, events, trust, eviction, issuer, lifecycle)
+        yield Worker(
+            settings, verifier, board, pool, link, events, directory, trust, eviction, issuer, lifecycle
+        )
 
 
 def _decisions_client(settings: Settings, trust: Trust) -> Client:

@@ -77,11 +77,6 @@ async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
     return None if row is None else _event(row)
 
 
-async def event_status(pool: asyncpg.Pool, event_id: int) -> str | None:
-    status: str | None = await pool.fetchval("SELECT status FROM events WHERE id = $1", event_id)
-    return status
-
-
 async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
     await pool.execute("UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status)
 

@@ -74,7 +74,8 @@ class FakeTrust:
 
 
 class FakeLookup:
-    """PostgreSQL's answer to "what is this event's status?" (the event directory's lookup).
+    """PostgreSQL's answer to "what is this event?" (the event directory's lookup): a row
+    with the status given for the event, or None.
 
     ``started`` is set once a lookup began; while ``gate`` is an unset ``asyncio.Event``,
     lookups wait for it.
@@ -87,14 +88,15 @@ class FakeLookup:
         self.started = asyncio.Event()
         self.calls: list[int] = []
 
-    async def __call__(self, event_id: int) -> str | None:
+    async def __call__(self, event_id: int) -> EventRow | None:
         self.calls.append(event_id)
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.failure is not None:
             raise self.failure
-        return self.statuses.get(event_id)
+        status = self.statuses.get(event_id)
+        return None if status is None else event_row(event_id, status=status)
 
 
 def event_row(event_id: int, *, quantity: int = 100, status: str = "open") -> EventRow:
