@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.ports import free_port  # noqa: E402
+from harness.redis_cluster import RedisClusterServer  # noqa: E402
 from service.config import DEFAULT_DATABASE_URL  # noqa: E402
-from tests.support.redis_cluster import RedisClusterServer  # noqa: E402
-from tests.support.servers import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TOKEN = "bench-cluster-admin-token-0123456789"

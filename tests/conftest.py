@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.api import ADMIN_TOKEN, Api, connector
-from tests.support.database import fresh_database
-from tests.support.servers import ServiceProcess
+from harness.api import ADMIN_TOKEN, Api, connector
+from harness.database import fresh_database
+from harness.service_process import ServiceProcess
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from harness.invariants import assert_invariants
 from tests.deploy.blue_green import run
-from tests.support.invariants import assert_invariants
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
+from harness.api import Api
 from tests.deploy.blue_green import Stack
-from tests.support.api import Api
 
 FLAKY = Path(__file__).with_name("flaky_colour.py")
 

@@ -24,10 +24,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import BIN, ServiceProcess, free_port
+from harness.api import Api, Reply, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.ports import free_port
+from harness.redis_server import RedisServer
+from harness.service_process import BIN, ServiceProcess
 
 EVICTING = ("--maxmemory", "50mb", "--maxmemory-policy", "volatile-lru")
 

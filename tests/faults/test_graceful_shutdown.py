@@ -15,10 +15,10 @@ import pytest
 from faulty.middlewares import LatencyMiddleware
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply
-from tests.support.invariants import assert_invariants, keyspace
-from tests.support.proxy import proxy_to, running, through
-from tests.support.servers import ServiceProcess
+from harness.api import Api, Reply
+from harness.invariants import assert_invariants, keyspace
+from harness.proxy import proxy_to, running, through
+from harness.service_process import ServiceProcess
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"

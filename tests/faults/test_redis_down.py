@@ -13,11 +13,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from harness.api import Api, Reply, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
 from service.decision import EventStore, EventTimes, Outcome, connect
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess
 
 
 async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.0) -> Reply:

@@ -20,10 +20,10 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess
+from harness.api import Api, Reply, burst
+from harness.invariants import assert_invariants, wait_stored
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
 
 
 async def _answered(api: Api, event_id: int, user: str, timeout_s: float = 20.0) -> Reply:

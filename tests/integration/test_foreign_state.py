@@ -21,6 +21,8 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN, Api
+from harness.invariants import keyspace
 from service.config import Settings
 from service.decision import EventStore
 from service.keys import EventKeys
@@ -28,8 +30,6 @@ from service.lifecycle import Lifecycle
 from service.reconcile import Reconciler
 from service.store import EventRow
 from service.workers import WorkerBoard
-from tests.support.api import ADMIN_TOKEN, Api
-from tests.support.invariants import keyspace
 
 
 @dataclass(frozen=True)

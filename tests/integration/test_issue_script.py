@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from harness.invariants import keyspace
 from service.decision import EventStore, EventTimes, Outcome
-from tests.support.invariants import keyspace
 
 _ids = itertools.count(9_000_000)
 

@@ -10,14 +10,14 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN
+from harness.invariants import keyspace
 from service.config import Settings
 from service.decision import EventStore
 from service.lifecycle import Lifecycle
 from service.reconcile import Reconciler
 from service.store import EventRow
 from service.workers import WorkerBoard
-from tests.support.api import ADMIN_TOKEN
-from tests.support.invariants import keyspace
 
 
 @pytest.fixture

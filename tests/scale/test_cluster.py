@@ -22,12 +22,12 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from harness.api import Api, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.redis_cluster import RedisClusterServer
+from harness.service_process import ServiceProcess
 from service import metrics
 from service.keys import Keyspace
-from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_cluster import RedisClusterServer
-from tests.support.servers import ServiceProcess
 
 EVENTS = 14
 

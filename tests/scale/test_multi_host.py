@@ -24,11 +24,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from harness.api import Api, burst, connector
+from harness.invariants import assert_invariants, wait_stored
+from harness.service_process import ServiceProcess
 from service import metrics
 from tests.deploy.blue_green import Stack
-from tests.support.api import Api, burst, connector
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.servers import ServiceProcess
 
 # A flash sale in small: more users than coupons, some of them asking twice.
 QUANTITY = 1000

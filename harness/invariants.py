@@ -43,10 +43,10 @@ async def assert_invariants(
     assert [row["ordinal"] for row in rows] == list(range(1, len(rows) + 1)), "ordinals are not 1..n"
     if redis is not None:
         keys = (await keyspace(pg)).event(event_id)
-        records = await redis.hgetall(keys.users)
+        records = {str(user): str(value) for user, value in (await redis.hgetall(keys.users)).items()}
         seq = int(await redis.get(keys.seq) or 0)
         assert seq == len(records) == len(rows), f"redis seq {seq}, records {len(records)}, rows {len(rows)}"
         assert {user: int(value.split(":")[0]) for user, value in records.items()} == {
             row["user_id"]: row["ordinal"] for row in rows
         }
-    return rows
+    return list(rows)

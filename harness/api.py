@@ -20,7 +20,8 @@ class Reply:
     @property
     def code(self) -> str | None:
         if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return self.body["error"].get("code")
+            code = self.body["error"].get("code")
+            return code if isinstance(code, str) else None
         return None
 
 
