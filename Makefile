@@ -64,7 +64,7 @@ $(ACTIONLINT):
 # blue -> green -> blue; ends with `requests=N failed=0 switches=2`. Uses the database
 # coupons_deploy and Redis db 14 unless DATABASE_URL / REDIS_URL say otherwise.
 deploy-test: tools check
-	$(BIN)/python -m tests.deploy.blue_green
+	$(BIN)/python -m loadtest.blue_green
 
 bench: setup db
 	@bash loadtest/bench.sh

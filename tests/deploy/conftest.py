@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.service_process import ServiceProcess
-from tests.deploy.blue_green import Stack
+from loadtest.blue_green import Stack
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from harness.invariants import assert_invariants
-from tests.deploy.blue_green import run
+from loadtest.blue_green import run
 
 pytestmark = pytest.mark.slow
 

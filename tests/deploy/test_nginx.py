@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from harness.api import Api, burst
 from harness.invariants import wait_stored
-from tests.deploy.blue_green import Stack
+from loadtest.blue_green import Stack
 
 
 async def test_issue_requests_past_the_per_ip_burst_get_429_json_and_issue_nothing(

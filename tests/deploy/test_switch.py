@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from harness.api import Api
-from tests.deploy.blue_green import Stack
+from loadtest.blue_green import Stack
 
 FLAKY = Path(__file__).with_name("flaky_colour.py")
 

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from harness.api import Api, burst, connector
 from harness.invariants import assert_invariants, wait_stored
 from harness.service_process import ServiceProcess
+from loadtest.blue_green import Stack
 from service import metrics
-from tests.deploy.blue_green import Stack
 
 # A flash sale in small: more users than coupons, some of them asking twice.
 QUANTITY = 1000

@@ -2,7 +2,7 @@
 processes on real Redis and PostgreSQL, k6 loading the issue route through nginx, and
 ops/bluegreen/switch.sh moving the traffic blue -> green -> blue during the load.
 
-    python -m tests.deploy.blue_green [--rate 1200] [--duration 30s] [--quantity 30000]
+    python -m loadtest.blue_green [--rate 1200] [--duration 30s] [--quantity 30000]
 
 Passes when every request got 201, 409 or 410 (no 5xx, no connection error), both switches
 finished during the load, each colour served traffic, the invariants hold (issued ==
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.durations import seconds
 from harness.ports import free_port
+from harness.service_process import BIN
+from loadtest.verify import Verdict, verify
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 SWITCH = ROOT / "ops" / "bluegreen" / "switch.sh"
 RENDER = ROOT / "ops" / "bluegreen" / "native-nginx.sh"
 ADMIN_TOKEN = "deploy-test-admin-token-0123456789"
@@ -62,13 +63,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.breaches
-
-
-def seconds(duration: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", duration)
-    if match is None:
-        raise ValueError(f"duration: expected e.g. 30s or 1m, got {duration!r}")
-    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match[2]]
 
 
 class Stack:
@@ -238,8 +232,6 @@ def run(
     work_dir: Path,
     say: Callable[[str], None] = print,
 ) -> Outcome:
-    from loadtest.verify import verify
-
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -313,7 +305,7 @@ def run(
 
         # Green was drained by the second switch: its buffer must be in PostgreSQL already.
         # Blue is still up; give its writer a moment, then every check reads the stores.
-        verdict = asyncio.run(_settle_and_verify(verify, outcome, database_url, redis_url))
+        verdict = asyncio.run(_settle_and_verify(outcome, database_url, redis_url))
         outcome.issued = verdict.issued_redis
         outcome.rows = verdict.rows
         breaches.extend(verdict.breaches)
@@ -323,7 +315,7 @@ def run(
         stack.close()
 
 
-async def _settle_and_verify(verify: Any, outcome: Outcome, database_url: str, redis_url: str) -> Any:
+async def _settle_and_verify(outcome: Outcome, database_url: str, redis_url: str) -> Verdict:
     deadline = time.monotonic() + 30
     while True:
         verdict = await verify(
