@@ -34,6 +34,7 @@ from harness.durations import seconds
 from harness.ports import free_port
 from harness.service_process import BIN
 from loadtest.verify import Verdict, verify
+from service.config import StorageSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SWITCH = ROOT / "ops" / "bluegreen" / "switch.sh"
@@ -326,6 +327,19 @@ async def _settle_and_verify(outcome: Outcome, database_url: str, redis_url: str
         await asyncio.sleep(0.2)
 
 
+def _storage() -> StorageSettings:
+    """DATABASE_URL and REDIS_URL, else a database and a Redis db of the run's own: it writes
+    an event there."""
+    given = {name: value for name, value in os.environ.items() if value.strip()}
+    return StorageSettings.from_env(
+        {
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/coupons_deploy",
+            "REDIS_URL": "redis://127.0.0.1:6379/14",
+            **given,
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -342,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.schema import create_database, migrate
 
-    database_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_deploy")
-    asyncio.run(create_database(database_url))
-    asyncio.run(migrate(database_url))
+    storage = _storage()
+    asyncio.run(create_database(storage.database_url))
+    asyncio.run(migrate(storage.database_url))
     work_dir = Path(tempfile.mkdtemp(prefix="coupon-deploy-"))
     outcome = run(
-        database_url=database_url,
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+        database_url=storage.database_url,
+        redis_url=storage.redis_url,
         rate=args.rate,
         duration=args.duration,
         quantity=args.quantity,

@@ -37,7 +37,7 @@ from harness.durations import seconds  # noqa: E402
 from harness.service_process import BIN, ServiceProcess  # noqa: E402
 from loadtest import report  # noqa: E402
 from loadtest.verify import verify  # noqa: E402
-from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL  # noqa: E402
+from service.config import StorageSettings  # noqa: E402
 
 DEV_TOKEN = "loadtest-admin-token-0123456789"
 
@@ -289,8 +289,9 @@ async def stored_facts(database_url: str, event_id: int) -> tuple[list[datetime]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    # The service started here reads the same environment.
+    storage = StorageSettings.from_env()
+    database_url, redis_url = storage.database_url, storage.redis_url
     started = datetime.now(UTC)
     run_dir = args.results / f"{started:%Y%m%dT%H%M%SZ}-{args.tool}-{args.scenario}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +19,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from harness.invariants import audit
-from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from service.config import StorageSettings
 
 
 @dataclass
@@ -77,12 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as one JSON line")
     args = parser.parse_args(argv)
+    storage = StorageSettings.from_env()
     verdict = asyncio.run(
         verify(
-            args.event_id,
-            asked=args.asked,
-            database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            args.event_id, asked=args.asked, database_url=storage.database_url, redis_url=storage.redis_url
         )
     )
     if args.json:
