@@ -1,4 +1,5 @@
-"""Real Redis and PostgreSQL for every test: a test database and Redis db, never mocks."""
+"""Real Redis and PostgreSQL for every test that talks to them: a test database and Redis db,
+never mocks; the unit tests (tests/unit) need neither."""
 
 from __future__ import annotations
 
@@ -69,10 +70,15 @@ def start_service(
 
 
 @pytest.fixture(autouse=True)
-def _stop_the_services_a_test_started(start_service: Callable[..., ServiceProcess]) -> Iterator[None]:
+def _stop_the_services_a_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
     """A service a test (or its function-scoped fixtures) started stops with the test: left
     running, each holds PostgreSQL connections and keeps retrying servers the test killed.
-    Services of session and module fixtures are set up before this and are left alone."""
+    Services of session and module fixtures are set up before this and are left alone.
+    A test that cannot start one (tests/unit) needs no server for this."""
+    if "start_service" not in request.fixturenames:
+        yield
+        return
+    start_service: Callable[..., ServiceProcess] = request.getfixturevalue("start_service")
     started: list[ServiceProcess] = start_service.started  # type: ignore[attr-defined]
     before = len(started)
     yield

@@ -20,9 +20,10 @@ from harness.invariants import assert_invariants, keyspace
 from harness.proxy import proxy_to, running, through
 from harness.service_process import ServiceProcess
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 RATE = 300  # new users per second, open loop
 SIGTERM_AT_S = 1.5

@@ -19,9 +19,10 @@ from harness.invariants import assert_invariants, wait_stored
 from harness.proxy import CutMiddleware, proxy_to, running, through
 from harness.service_process import ServiceProcess
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def _slow(proxy: FaultyProxy) -> FaultyProxy:

@@ -19,6 +19,8 @@ from harness.postgres_server import PostgresServer
 from harness.service_process import ServiceProcess
 from service.schema import create_database, migrate
 
+pytestmark = pytest.mark.slow
+
 OUTAGE_S = float(os.environ.get("PG_OUTAGE_S", "30"))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from harness.api import Api, Reply, answered, burst
@@ -96,6 +97,7 @@ def _check_answers(replies: list[Reply], rows: list[asyncpg.Record], quantity: i
     assert {user: stored.get(user) for user, _ in issued} == dict(issued)
 
 
+@pytest.mark.slow
 async def test_restarts_from_older_snapshots_under_load_keep_every_invariant(
     private_redis: Callable[..., RedisServer],
     redis_of: Callable[[RedisServer], Redis],

@@ -23,6 +23,8 @@ from harness.invariants import assert_invariants, wait_stored
 from harness.redis_server import RedisServer
 from harness.service_process import ServiceProcess
 
+pytestmark = pytest.mark.slow
+
 ROLE = "coupon_host_a"
 
 

@@ -25,6 +25,8 @@ from harness.ports import free_port
 from harness.redis_server import RedisServer
 from harness.service_process import ServiceProcess
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "ops" / "prometheus" / "rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "ops" / "grafana" / "dashboards").glob("*.json"))

@@ -29,6 +29,8 @@ from harness.service_process import ServiceProcess
 from service import metrics
 from service.keys import Keyspace
 
+pytestmark = pytest.mark.slow
+
 EVENTS = 14
 
 
