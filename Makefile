@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test lint tools deploy-test bench bench-cluster stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
+.PHONY: run test unit test-fast lint tools deploy-test bench bench-cluster stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -19,6 +19,15 @@ run: setup db
 
 test: lint check
 	$(BIN)/pytest
+
+# The pure-logic tests: seconds, no Redis, PostgreSQL or tools.
+unit: setup
+	$(BIN)/pytest tests/unit
+
+# The whole suite without lint and without the tests marked slow (load runs, long faults,
+# clusters, nginx, Prometheus); Redis and PostgreSQL still serve it.
+test-fast: check
+	$(BIN)/pytest -m "not slow"
 
 lint: tools
 	$(BIN)/ruff check .
@@ -64,7 +73,7 @@ $(ACTIONLINT):
 # blue -> green -> blue; ends with `requests=N failed=0 switches=2`. Uses the database
 # coupons_deploy and Redis db 14 unless DATABASE_URL / REDIS_URL say otherwise.
 deploy-test: tools check
-	$(BIN)/python -m tests.deploy.blue_green
+	$(BIN)/python -m loadtest.blue_green
 
 bench: setup db
 	@bash loadtest/bench.sh

@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.config import DEFAULT_DATABASE_URL  # noqa: E402
-from tests.support.redis_cluster import RedisClusterServer  # noqa: E402
-from tests.support.servers import free_port  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+from harness.redis_cluster import RedisClusterServer  # noqa: E402
+from service.config import StorageSettings  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TOKEN = "bench-cluster-admin-token-0123456789"
@@ -58,13 +58,15 @@ def _request(url: str, method: str = "GET", body: dict[str, object] | None = Non
         return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
 
 
-def _start_service(setup: Setup, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_service(
+    setup: Setup, workers: int, database_url: str, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": "",
         "REDIS_CLUSTER_NODES": setup.cluster.seeds,
-        "DATABASE_URL": os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        "DATABASE_URL": database_url,
         "ADMIN_TOKEN": TOKEN,
         "WORKERS": str(workers),
         "PORT": str(port),
@@ -101,8 +103,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def _round(setup: Setup, args: argparse.Namespace, round_no: int, log: Path) -> None:
-    process, url = _start_service(setup, args.workers, log)
+def _round(setup: Setup, args: argparse.Namespace, database_url: str, round_no: int, log: Path) -> None:
+    process, url = _start_service(setup, args.workers, database_url, log)
     try:
         events = []
         for n in range(args.events):
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
     args = parser.parse_args()
+    database_url = StorageSettings.from_env().database_url
     if shutil.which("wrk") is None:
         raise SystemExit("bench-cluster: wrk is missing; install it with: apt-get install -y wrk")
     with tempfile.TemporaryDirectory(prefix="coupon-bench-cluster-") as folder:
@@ -176,7 +179,8 @@ def main() -> None:
             ]
             for round_no in range(1, args.rounds + 1):
                 for setup in setups:
-                    _round(setup, args, round_no, Path(folder) / f"service-{round_no}-{len(setup.rates)}.log")
+                    log = Path(folder) / f"service-{round_no}-{len(setup.rates)}.log"
+                    _round(setup, args, database_url, round_no, log)
         finally:
             one.stop()
             three.stop()

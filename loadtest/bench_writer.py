@@ -18,7 +18,7 @@ import time
 import asyncpg
 
 from batcher import Buffer, IssueRecord, Writer, create_pool
-from service.config import DEFAULT_DATABASE_URL
+from service.config import StorageSettings
 
 
 async def run(rows: int, batch: int, database_url: str) -> int:
@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=int(os.environ.get("FLUSH_BATCH_ROWS", 5000)))
     args = parser.parse_args()
-    return asyncio.run(run(args.rows, args.batch, os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL))
+    return asyncio.run(run(args.rows, args.batch, StorageSettings.from_env().database_url))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,10 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from harness import invariants  # noqa: E402
+from harness.durations import seconds  # noqa: E402
+from harness.service_process import BIN, ServiceProcess  # noqa: E402
+from loadtest import report  # noqa: E402
+from loadtest.verify import verify  # noqa: E402
+from service.config import StorageSettings  # noqa: E402
+
 DEV_TOKEN = "loadtest-admin-token-0123456789"
 
 
@@ -64,14 +71,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def seconds(duration: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for suffix in ("ms", "s", "m", "h"):
-        if duration.endswith(suffix):
-            return float(duration[: -len(suffix)]) * units[suffix]
-    return float(duration)
-
-
 def cpu_model() -> str:
     """The CPU's model name, where Linux tells it: runs on different hosts differ by it."""
     try:
@@ -93,37 +92,33 @@ class Service:
 
     def __init__(self, args: argparse.Namespace, run_dir: Path) -> None:
         self.token = os.environ.get("ADMIN_TOKEN") or DEV_TOKEN
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: ServiceProcess | None = None
         if args.base_url:
             self.url = args.base_url.rstrip("/")
             return
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
         env = {
-            **os.environ,
             "ADMIN_TOKEN": self.token,
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
             "WORKERS": str(args.workers),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
         }
-        log = open(run_dir / "service.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(BIN / "coupon-service")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Sanic kills its workers with killpg
-        )
-        say(f"started coupon-service ({args.workers} workers) on {self.url}")
+        self.process = ServiceProcess(env, run_dir / "service.log")
+        self.url = self.process.url
 
-    def wait_ready(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 30) -> None:
+        """Start our own and wait until every worker serves; a running one must be ready."""
+        if self.process is None:
+            self._wait_ready(timeout_s)
+            return
+        say(f"starting coupon-service ({self.process.env['WORKERS']} workers) on {self.url}")
+        try:
+            self.process.start(timeout_s)
+        except RuntimeError as exc:
+            problem = str(exc).splitlines()[0]
+            raise SystemExit(f"loadtest: {problem}; see service.log in the results folder") from None
+
+    def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise SystemExit("loadtest: the service exited; see service.log in the results folder")
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=2):
                     return
@@ -142,9 +137,8 @@ class Service:
             return json.loads(response.read())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(120)
+        if self.process is not None:
+            self.process.stop(timeout_s=120)
 
 
 def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> tuple[int, dict[str, Any]]:
@@ -270,23 +264,12 @@ def run_locust(
 
 
 async def wait_stored(database_url: str, redis_url: str, event_id: int, timeout_s: float = 120) -> None:
-    from redis.asyncio import Redis
-
-    from service.keys import Keyspace, stored_namespace
-
     pg = await asyncpg.connect(database_url)
     redis = Redis.from_url(redis_url)
     try:
-        # The service's keys carry the namespace its database was created with.
-        keys = Keyspace(await stored_namespace(pg)).event(event_id)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            issued = int(await redis.get(keys.seq) or 0)
-            rows = await pg.fetchval("SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id)
-            if rows == issued:
-                return
-            await asyncio.sleep(0.1)
-        say(f"the writer did not catch up in {timeout_s}s")
+        await invariants.wait_stored(pg, redis, event_id, timeout_s)
+    except invariants.NotStored as exc:
+        say(f"the writer did not catch up in {timeout_s}s ({exc})")
     finally:
         await pg.close()
         await redis.aclose()
@@ -305,20 +288,16 @@ async def stored_facts(database_url: str, event_id: int) -> tuple[list[datetime]
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT))
-    from loadtest import report
-    from loadtest.verify import verify
-    from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
-
     args = parse_args(argv)
-    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    # The service started here reads the same environment.
+    storage = StorageSettings.from_env()
+    database_url, redis_url = storage.database_url, storage.redis_url
     started = datetime.now(UTC)
     run_dir = args.results / f"{started:%Y%m%dT%H%M%SZ}-{args.tool}-{args.scenario}"
     run_dir.mkdir(parents=True, exist_ok=True)
     service = Service(args, run_dir)
     try:
-        service.wait_ready()
+        service.start()
         event = service.admin(
             "POST", "/admin/events", {"name": f"loadtest {started:%FT%TZ}", "quantity": args.quantity}
         )

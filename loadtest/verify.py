@@ -1,4 +1,4 @@
-"""Verify an event's invariants from Redis and PostgreSQL after a load run.
+"""Verify an event's invariants (harness/invariants.py) from Redis and PostgreSQL after a load run.
 
 Checks: issued == min(quantity, distinct users who asked) (when --asked is given),
 rows == issued, no user twice, ordinals exactly 1..issued, over-issue 0, and Redis's
@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
 
-from service.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
-from service.keys import Keyspace, stored_namespace
+from harness.invariants import audit
+from service.config import StorageSettings
 
 
 @dataclass
@@ -48,61 +47,23 @@ async def verify(event_id: int, *, asked: int | None, database_url: str, redis_u
         quantity = await pg.fetchval("SELECT quantity FROM events WHERE id = $1", event_id)
         if quantity is None:
             raise SystemExit(f"verify: no event {event_id} in PostgreSQL")
-        stats = await pg.fetchrow(
-            """SELECT count(*) AS rows, count(DISTINCT user_id) AS users,
-                      count(DISTINCT ordinal) AS ordinals, min(ordinal) AS lo, max(ordinal) AS hi
-               FROM coupon_issues WHERE event_id = $1""",
-            event_id,
-        )
-        # The service's keys carry the namespace its database was created with.
-        keys = Keyspace(await stored_namespace(pg)).event(event_id)
-        seq = await redis.get(keys.seq)
-        issued_redis = None if seq is None else int(seq)
-        rows = stats["rows"]
-        issued = issued_redis if issued_redis is not None else rows
-        verdict = Verdict(
-            event_id=event_id,
-            quantity=quantity,
-            asked=asked,
-            issued_redis=issued_redis,
-            rows=rows,
-            distinct_users=stats["users"],
-            min_ordinal=stats["lo"],
-            max_ordinal=stats["hi"],
-            over_issue=max(0, issued - quantity, rows - quantity),
-        )
-        breaches = verdict.breaches
-        if verdict.over_issue:
-            breaches.append(f"over-issue: {issued} issued, {rows} rows for quantity {quantity}")
-        if issued_redis is not None and issued_redis != rows:
-            breaches.append(f"rows != issued: {rows} rows, {issued_redis} issued in Redis")
-        if stats["users"] != rows:
-            breaches.append(f"a user holds two coupons: {rows} rows, {stats['users']} users")
-        if rows and (stats["ordinals"] != rows or stats["lo"] != 1 or stats["hi"] != rows):
-            breaches.append(
-                f"ordinals are not 1..{rows}: {stats['ordinals']} distinct, {stats['lo']}..{stats['hi']}"
-            )
-        if asked is not None and issued != min(quantity, asked):
-            breaches.append(f"issued {issued} != min(quantity {quantity}, users who asked {asked})")
-        if issued_redis is not None:
-            records = await redis.hlen(keys.users)
-            if records != rows:
-                breaches.append(f"Redis holds {records} records, PostgreSQL {rows} rows")
-            else:
-                stored = {
-                    r["user_id"]: r["ordinal"]
-                    for r in await pg.fetch(
-                        "SELECT user_id, ordinal FROM coupon_issues WHERE event_id = $1", event_id
-                    )
-                }
-                async for user, value in redis.hscan_iter(keys.users, count=10_000):
-                    if stored.get(user) != int(value.split(":", 1)[0]):
-                        breaches.append(f"user {user!r}: Redis and PostgreSQL disagree")
-                        break
-        return verdict
+        found = await audit(pg, event_id, quantity, redis=redis, asked=asked)
     finally:
         await pg.close()
         await redis.aclose()
+    ordinals = [row["ordinal"] for row in found.rows]
+    return Verdict(
+        event_id=event_id,
+        quantity=quantity,
+        asked=asked,
+        issued_redis=found.issued_redis,
+        rows=len(found.rows),
+        distinct_users=found.users,
+        min_ordinal=min(ordinals, default=None),
+        max_ordinal=max(ordinals, default=None),
+        over_issue=found.over_issue,
+        breaches=found.breaches,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as one JSON line")
     args = parser.parse_args(argv)
+    storage = StorageSettings.from_env()
     verdict = asyncio.run(
         verify(
-            args.event_id,
-            asked=args.asked,
-            database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            args.event_id, asked=args.asked, database_url=storage.database_url, redis_url=storage.redis_url
         )
     )
     if args.json:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from .config import ConfigError, StorageSettings
 
 _REDIS_HINT = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 _POSTGRES_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "migrate":
-        raise SystemExit(_migrate(args.create_db))
+        raise SystemExit(_migrate(_storage(), args.create_db))
     if args.command == "check":
-        raise SystemExit(_check())
+        raise SystemExit(_check(_storage()))
     if args.command == "upgrade-keys":
-        raise SystemExit(asyncio.run(_upgrade_keys()))
+        raise SystemExit(asyncio.run(_upgrade_keys(_storage())))
     if not args.token:
         parser.error("the admin token is required: set ADMIN_TOKEN or pass --token")
     client = _Client(args.url, args.token)
@@ -113,14 +113,22 @@ class _Client:
             raise SystemExit(1) from None
 
 
+def _storage() -> StorageSettings:
+    """DATABASE_URL, REDIS_URL and the rest of the storage settings, read as the service reads them."""
+    try:
+        return StorageSettings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"couponctl: configuration error: {exc}") from None
+
+
 def _print(body: Any) -> None:
     print(json.dumps(body, indent=2, ensure_ascii=False))
 
 
-def _migrate(create_db: bool) -> int:
+def _migrate(storage: StorageSettings, create_db: bool) -> int:
     from .schema import create_database, migrate
 
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    url = storage.database_url
 
     async def run() -> list[str]:
         if create_db and await create_database(url):
@@ -132,10 +140,12 @@ def _migrate(create_db: bool) -> int:
     return 0
 
 
-async def _upgrade_keys() -> int:
+async def _upgrade_keys(storage: StorageSettings) -> int:
+    import dataclasses
+
     import asyncpg
 
-    from .config import MIN_ADMIN_TOKEN_CHARS, Settings
+    from .config import Settings
     from .keys import Keyspace, stored_namespace
     from .lifecycle import Lifecycle
     from .redis_events import RedisEvents
@@ -143,15 +153,16 @@ async def _upgrade_keys() -> int:
     from .upgrade import upgrade_keys
     from .workers import WorkerBoard
 
-    # The settings the service would run with; the admin token is not used here.
-    settings = Settings.from_env({**os.environ, "ADMIN_TOKEN": "-" * MIN_ADMIN_TOKEN_CHARS})
-    if settings.redis_cluster:
+    if storage.redis_cluster:
         print("couponctl: upgrade-keys: versions without namespaces ran on one Redis only", file=sys.stderr)
         return 2
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    redis = connect(settings.redis_url, max_connections=4, timeout_s=10)
+    # The lifecycle reads only the storage settings here (the keys' lifetimes); it answers
+    # no admin request, so it is given no admin token.
+    settings = Settings(**dataclasses.asdict(storage))
+    pool = await asyncpg.create_pool(storage.database_url, min_size=1, max_size=2)
+    redis = connect(storage.redis_url, max_connections=4, timeout_s=10)
     try:
-        namespace = settings.redis_key_prefix or await stored_namespace(pool)
+        namespace = storage.redis_key_prefix or await stored_namespace(pool)
         link = RedisLink(redis)
         await link.load_scripts()
         events = RedisEvents(link, Keyspace(namespace))
@@ -169,15 +180,14 @@ async def _upgrade_keys() -> int:
     return 1 if refused else 0
 
 
-def _check() -> int:
+def _check(storage: StorageSettings) -> int:
     """One clear line per unreachable server, with how to start it."""
     import asyncpg
     import redis
 
     from .failures import POSTGRES_FAILURES, REDIS_FAILURES
 
-    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    redis_url, database_url = storage.redis_url, storage.database_url
     failed = 0
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2).ping()

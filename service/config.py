@@ -1,4 +1,5 @@
-"""The service's settings, read once from the environment into a frozen dataclass."""
+"""The service's settings, read once from the environment into frozen dataclasses: the storage
+settings alone for couponctl and the load tools, all of them for the service."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from urllib.parse import urlsplit
 
 from .keys import NAMESPACE
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/coupons"
 MIN_ADMIN_TOKEN_CHARS = 16
 
 
@@ -24,19 +23,41 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    redis_url: str = DEFAULT_REDIS_URL
+class StorageSettings:
+    """Where the service keeps its state, and how long Redis keeps an event's keys: what
+    couponctl and the load tools read too, without an admin token."""
+
+    # URLs may carry passwords: a repr leaves them out.
+    database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/coupons", repr=False)
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     # Seeds of a Redis Cluster ((host, port), ...); when set, REDIS_URL is not used.
     redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
+    # The namespace of every Redis key; unset, the one the database was created with.
+    redis_key_prefix: str | None = None
+    # Event keys live this long past the event's end (or past the last open or sync
+    # for an open-ended event): the safety net behind deleting them on close.
+    key_ttl_grace_s: int = 86_400
+    open_ended_ttl_s: int = 30 * 86_400
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageSettings:
+        return cls(**_storage(_Env(os.environ if environ is None else environ)))
+
+    @property
+    def redis_cluster(self) -> bool:
+        return bool(self.redis_cluster_nodes)
+
+
+@dataclass(frozen=True)
+class Settings(StorageSettings):
+    """Everything the service runs with: the storage settings and the rest."""
+
     # Replicas that must acknowledge a batch's decisions (WAIT) before its answers leave.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 50
-    # The namespace of every Redis key; unset, the one the database was created with.
-    redis_key_prefix: str | None = None
     # Accept a Redis whose maxmemory-policy may evict keys (issues can then be lost or
     # served twice): an operator's explicit, logged choice, never a default.
     redis_allow_eviction: bool = False
-    database_url: str = DEFAULT_DATABASE_URL
     admin_token: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
@@ -61,10 +82,6 @@ class Settings:
     reconcile_interval_s: float = 30.0
     reconcile_min_age_s: float = 10.0
     sync_timeout_s: float = 30.0
-    # Event keys live this long past the event's end (or past the last open or sync
-    # for an open-ended event): the safety net behind deleting them on close.
-    key_ttl_grace_s: int = 86_400
-    open_ended_ttl_s: int = 30 * 86_400
     graceful_timeout_s: float = 60.0
     request_max_bytes: int = 16_384
     log_level: str = "INFO"
@@ -78,18 +95,13 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
-        cluster_nodes = env.addresses("REDIS_CLUSTER_NODES")
-        if cluster_nodes and env.text("REDIS_URL", ""):
-            raise ConfigError("REDIS_CLUSTER_NODES", "set REDIS_URL or REDIS_CLUSTER_NODES, not both")
+        storage = _storage(env)
         d = _defaults(cls)
         return cls(
-            redis_url=env.url("REDIS_URL", d["redis_url"], ("redis", "rediss", "unix")),
-            redis_cluster_nodes=cluster_nodes,
+            **storage,
             redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", d["redis_wait_replicas"], 0, 16),
             redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", d["redis_wait_timeout_ms"], 1, 60_000),
-            redis_key_prefix=env.namespace("REDIS_KEY_PREFIX"),
             redis_allow_eviction=env.boolean("REDIS_ALLOW_EVICTION", d["redis_allow_eviction"]),
-            database_url=env.url("DATABASE_URL", d["database_url"], ("postgresql", "postgres")),
             admin_token=env.admin_token("ADMIN_TOKEN"),
             host=env.text("HOST", d["host"]),
             port=env.integer("PORT", d["port"], 1, 65535),
@@ -112,8 +124,6 @@ class Settings:
             reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", d["reconcile_interval_s"], 0.1, 86_400.0),
             reconcile_min_age_s=env.number("RECONCILE_MIN_AGE_S", d["reconcile_min_age_s"], 0.0, 86_400.0),
             sync_timeout_s=env.number("SYNC_TIMEOUT_S", d["sync_timeout_s"], 0.1, 3600.0),
-            key_ttl_grace_s=env.integer("KEY_TTL_GRACE_S", d["key_ttl_grace_s"], 1, 365 * 86_400),
-            open_ended_ttl_s=env.integer("OPEN_ENDED_TTL_S", d["open_ended_ttl_s"], 60, 3650 * 86_400),
             graceful_timeout_s=env.number("GRACEFUL_TIMEOUT_S", d["graceful_timeout_s"], 0.0, 3600.0),
             request_max_bytes=env.integer("REQUEST_MAX_BYTES", d["request_max_bytes"], 256, 10_000_000),
             log_level=env.choice("LOG_LEVEL", d["log_level"], ("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -139,10 +149,6 @@ class Settings:
         return f"Settings(host={self.host!r}, port={self.port}, workers={self.workers})"
 
     @property
-    def redis_cluster(self) -> bool:
-        return bool(self.redis_cluster_nodes)
-
-    @property
     def redis_timeout_s(self) -> float:
         return self.redis_timeout_ms / 1000
 
@@ -159,7 +165,23 @@ class Settings:
         return self.event_cache_ms / 1000
 
 
-def _defaults(cls: type[Settings]) -> dict[str, Any]:
+def _storage(env: _Env) -> dict[str, Any]:
+    """The storage settings' values, read and checked as the service reads them."""
+    cluster_nodes = env.addresses("REDIS_CLUSTER_NODES")
+    if cluster_nodes and env.text("REDIS_URL", ""):
+        raise ConfigError("REDIS_CLUSTER_NODES", "set REDIS_URL or REDIS_CLUSTER_NODES, not both")
+    d = _defaults(StorageSettings)
+    return {
+        "database_url": env.url("DATABASE_URL", d["database_url"], ("postgresql", "postgres")),
+        "redis_url": env.url("REDIS_URL", d["redis_url"], ("redis", "rediss", "unix")),
+        "redis_cluster_nodes": cluster_nodes,
+        "redis_key_prefix": env.namespace("REDIS_KEY_PREFIX"),
+        "key_ttl_grace_s": env.integer("KEY_TTL_GRACE_S", d["key_ttl_grace_s"], 1, 365 * 86_400),
+        "open_ended_ttl_s": env.integer("OPEN_ENDED_TTL_S", d["open_ended_ttl_s"], 60, 3650 * 86_400),
+    }
+
+
+def _defaults(cls: type[StorageSettings]) -> dict[str, Any]:
     """Each setting's default, as its field declares it: written once."""
     found: dict[str, Any] = {}
     for item in fields(cls):

@@ -1,4 +1,5 @@
-"""Real Redis and PostgreSQL for every test: a test database and Redis db, never mocks."""
+"""Real Redis and PostgreSQL for every test that talks to them: a test database and Redis db,
+never mocks; the unit tests (tests/unit) need neither."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN, Api, connector
+from harness.database import fresh_database
+from harness.invariants import keyspace
+from harness.service_process import ServiceProcess
 from service.redis_decisions import RedisDecisions
 from service.redis_events import RedisEvents
 from service.redis_link import RedisLink
-from tests.support.api import ADMIN_TOKEN, Api, connector
-from tests.support.database import fresh_database
-from tests.support.invariants import keyspace
-from tests.support.servers import ServiceProcess
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -73,10 +74,15 @@ def start_service(
 
 
 @pytest.fixture(autouse=True)
-def _stop_the_services_a_test_started(start_service: Callable[..., ServiceProcess]) -> Iterator[None]:
+def _stop_the_services_a_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
     """A service a test (or its function-scoped fixtures) started stops with the test: left
     running, each holds PostgreSQL connections and keeps retrying servers the test killed.
-    Services of session and module fixtures are set up before this and are left alone."""
+    Services of session and module fixtures are set up before this and are left alone.
+    A test that cannot start one (tests/unit) needs no server for this."""
+    if "start_service" not in request.fixturenames:
+        yield
+        return
+    start_service: Callable[..., ServiceProcess] = request.getfixturevalue("start_service")
     started: list[ServiceProcess] = start_service.started  # type: ignore[attr-defined]
     before = len(started)
     yield

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.blue_green import Stack
-from tests.support.servers import ServiceProcess
+from harness.service_process import ServiceProcess
+from loadtest.blue_green import Stack
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.deploy.blue_green import run
-from tests.support.invariants import assert_invariants
+from harness.invariants import assert_invariants
+from loadtest.blue_green import run
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,14 @@ from collections.abc import Callable
 
 import aiohttp
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
-from tests.deploy.blue_green import Stack
-from tests.support.api import Api, burst
-from tests.support.invariants import wait_stored
+from harness.api import Api, burst
+from harness.invariants import wait_stored
+from loadtest.blue_green import Stack
+
+pytestmark = pytest.mark.slow
 
 
 async def test_issue_requests_past_the_per_ip_burst_get_429_json_and_issue_nothing(

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.deploy.blue_green import Stack
-from tests.support.api import Api
+from harness.api import Api
+from loadtest.blue_green import Stack
+
+pytestmark = pytest.mark.slow
 
 FLAKY = Path(__file__).with_name("flaky_colour.py")
 

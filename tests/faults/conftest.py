@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -24,10 +24,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import BIN, ServiceProcess, free_port
+from harness.api import Api, Reply, answered, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.ports import free_port
+from harness.redis_server import RedisServer
+from harness.service_process import BIN, ServiceProcess
 
 EVICTING = ("--maxmemory", "50mb", "--maxmemory-policy", "volatile-lru")
 
@@ -46,10 +47,10 @@ async def _resumed(api: Api, event_id: int, prefix: str, timeout_s: float = 5.0)
     deadline = time.monotonic() + timeout_s
     for round_no in range(100):
         assert time.monotonic() < deadline, f"issuing did not resume within {timeout_s}s"
-        answered = await burst(api, event_id, [f"{prefix}{round_no}-{n}" for n in range(10)])
-        replies += answered
-        assert all((reply.status, reply.code) in {(201, None), (503, "unavailable")} for reply in answered)
-        if all(reply.status == 201 for reply in answered):
+        this_round = await burst(api, event_id, [f"{prefix}{round_no}-{n}" for n in range(10)])
+        replies += this_round
+        assert all((reply.status, reply.code) in {(201, None), (503, "unavailable")} for reply in this_round)
+        if all(reply.status == 201 for reply in this_round):
             return replies
         await asyncio.sleep(0.1)
     raise AssertionError("issuing did not resume")
@@ -145,7 +146,7 @@ async def test_a_policy_turned_evicting_while_running_stops_issuing_until_it_is_
 
     served = _ordinals(await _resumed(api, event_id, "after"))
     assert sorted(served.values()) == list(range(6, 6 + len(served)))
-    assert (await _settled(api, event_id, "e0")).code == "already_issued"
+    assert (await answered(api, event_id, "e0", timeout_s=5)).code == "already_issued"
     assert (await api.request("GET", "/ready")).status == 200
     assert await wait_stored(pg, redis, event_id) == 5 + len(served)
     rows = await assert_invariants(pg, event_id, 100, redis=redis)
@@ -192,17 +193,8 @@ async def test_a_full_redis_under_noeviction_answers_only_503_then_resumes_with_
     served = _ordinals(await _resumed(api, event_id, "freed"))
     assert sorted(served.values()) == list(range(11, 11 + len(served)))
     # The other worker resumes when its own breaker next probes (REDIS_BREAKER_OPEN_MS).
-    again = [await _settled(api, event_id, user) for user in early]
+    again = [await answered(api, event_id, user, timeout_s=5) for user in early]
     assert Counter((reply.status, reply.code) for reply in again) == {(409, "already_issued"): 10}
     assert await wait_stored(pg, redis, event_id) == 10 + len(served)
     rows = await assert_invariants(pg, event_id, 200, redis=redis)
     assert {row["user_id"]: row["ordinal"] for row in rows if row["ordinal"] > 10} == served
-
-
-async def _settled(api: Api, event_id: int, user: str, timeout_s: float = 5.0) -> Reply:
-    """The first answer for ``user`` that is not a 503."""
-    deadline = time.monotonic() + timeout_s
-    while (reply := await api.issue(event_id, user)).status == 503:
-        assert time.monotonic() < deadline, f"{user}: still 503 after {timeout_s} s"
-        await asyncio.sleep(0.05)
-    return reply

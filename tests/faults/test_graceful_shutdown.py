@@ -15,14 +15,15 @@ import pytest
 from faulty.middlewares import LatencyMiddleware
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply
-from tests.support.invariants import assert_invariants, keyspace
-from tests.support.proxy import proxy_to, running, through
-from tests.support.servers import ServiceProcess
+from harness.api import Api, Reply
+from harness.invariants import assert_invariants, keyspace
+from harness.proxy import proxy_to, running, through
+from harness.service_process import ServiceProcess
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 RATE = 300  # new users per second, open loop
 SIGTERM_AT_S = 1.5

@@ -14,14 +14,15 @@ from faulty.core import FaultyProxy
 from faulty.middlewares import DropMiddleware, LatencyMiddleware
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.proxy import CutMiddleware, proxy_to, running, through
-from tests.support.servers import ServiceProcess
+from harness.api import Api, Reply
+from harness.invariants import assert_invariants, wait_stored
+from harness.proxy import CutMiddleware, proxy_to, running, through
+from harness.service_process import ServiceProcess
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def _slow(proxy: FaultyProxy) -> FaultyProxy:

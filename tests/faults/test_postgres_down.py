@@ -13,11 +13,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from harness.api import Api, Reply, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.postgres_server import PostgresServer
+from harness.service_process import ServiceProcess
 from service.schema import create_database, migrate
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.postgres_server import PostgresServer
-from tests.support.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow
 
 OUTAGE_S = float(os.environ.get("PG_OUTAGE_S", "30"))
 

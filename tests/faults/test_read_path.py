@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from harness.api import Api, burst
+from harness.postgres_server import PostgresServer
+from harness.service_process import ServiceProcess
 from service.schema import create_database, migrate
-from tests.support.api import Api, burst
-from tests.support.postgres_server import PostgresServer
-from tests.support.servers import ServiceProcess
 
 
 @pytest.fixture

@@ -13,25 +13,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from harness.api import Api, answered, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
 from service.redis_decisions import Outcome, RedisDecisions
 from service.redis_events import EventTimes, RedisEvents
 from service.redis_link import RedisLink, connect
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess
-
-
-async def _answered(api: Api, event_id: int, user: object, timeout_s: float = 5.0) -> Reply:
-    """The first answer that is not 503: each worker's breaker probes Redis after its pause."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reply = await api.issue(event_id, user)
-        if reply.status != 503:
-            return reply
-        assert reply.code == "unavailable", reply
-        assert time.monotonic() < deadline, "issuing did not resume"
-        await asyncio.sleep(0.05)
 
 
 async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebuilt_unasked(
@@ -73,8 +61,8 @@ async def test_redis_killed_mid_load_answers_503_fast_and_comes_back_empty_rebui
     server.start()
     reply = await api.issue(event_id, "pre0")
     assert (reply.status, reply.code) == (503, "unavailable")
-    assert (await _answered(api, event_id, "pre0", timeout_s=20)).code == "already_issued"
-    assert (await _answered(api, event_id, "after")).body["ordinal"] == issued_201 + 1
+    assert (await answered(api, event_id, "pre0", timeout_s=20)).code == "already_issued"
+    assert (await answered(api, event_id, "after", timeout_s=5)).body["ordinal"] == issued_201 + 1
     stats = await api.stats(event_id)
     assert stats.body["issued_redis"] == issued_201 + 1
     # A sync afterwards changes nothing: the rebuild was exact.
@@ -103,9 +91,9 @@ async def test_redis_back_with_its_data_resumes_without_a_sync(
     assert (await api.issue(event_id, "while-down")).code == "unavailable"
     server.start()  # the same folder: the append-only file brings the event back
 
-    assert (await _answered(api, event_id, "after")).body["ordinal"] == 26
+    assert (await answered(api, event_id, "after", timeout_s=5)).body["ordinal"] == 26
     for _ in range(4):  # both workers, whichever answers
-        assert (await _answered(api, event_id, "a0")).code == "already_issued"
+        assert (await answered(api, event_id, "a0", timeout_s=5)).code == "already_issued"
     await wait_stored(pg, redis_of(server), event_id)
     await assert_invariants(pg, event_id, 100, redis=redis_of(server))
 
@@ -141,7 +129,7 @@ async def test_a_hung_redis_costs_fast_503s_and_the_batches_it_held_issue_nothin
 
     # Redis now runs what it had queued: those batches are past their deadline and
     # issue nothing, so no user answered 503 holds a coupon.
-    await _answered(api, event_id, "resumed")
+    await answered(api, event_id, "resumed", timeout_s=5)
     redis = redis_of(server)
     await wait_stored(pg, redis, event_id)
     rows = await assert_invariants(pg, event_id, 1000, redis=redis)

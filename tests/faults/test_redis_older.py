@@ -18,24 +18,13 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess
-
-
-async def _answered(api: Api, event_id: int, user: str, timeout_s: float = 20.0) -> Reply:
-    """The first answer that is not 503 (the Redis is being verified, or a breaker is open)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reply = await api.issue(event_id, user)
-        if reply.status != 503:
-            return reply
-        assert reply.code == "unavailable", reply
-        assert time.monotonic() < deadline, "issuing did not resume"
-        await asyncio.sleep(0.05)
+from harness.api import Api, Reply, answered, burst
+from harness.invariants import assert_invariants, wait_stored
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
 
 
 class SteadyLoad:
@@ -108,6 +97,7 @@ def _check_answers(replies: list[Reply], rows: list[asyncpg.Record], quantity: i
     assert {user: stored.get(user) for user, _ in issued} == dict(issued)
 
 
+@pytest.mark.slow
 async def test_restarts_from_older_snapshots_under_load_keep_every_invariant(
     private_redis: Callable[..., RedisServer],
     redis_of: Callable[[RedisServer], Redis],
@@ -151,7 +141,7 @@ async def test_restarts_from_older_snapshots_under_load_keep_every_invariant(
     assert (await api.request("GET", "/ready")).status == 200
     # Whoever was served asks again after everything: 409, never a second coupon.
     served = next(r.body for r in replies if r.status == 201)
-    assert (await _answered(api, served["event_id"], served["user_id"])).code == "already_issued"
+    assert (await answered(api, served["event_id"], served["user_id"], timeout_s=20)).code == "already_issued"
 
 
 async def test_an_older_data_file_restored_while_the_service_runs_is_rebuilt(
@@ -182,10 +172,10 @@ async def test_an_older_data_file_restored_while_the_service_runs_is_rebuilt(
     server.start()
     redis = redis_of(server)
 
-    after = await _answered(api, event_id, "c0")
+    after = await answered(api, event_id, "c0", timeout_s=20)
     assert after.status == 201 and after.body["ordinal"] == 201
     # Each worker resumes once it has seen the Redis verified (at most a second apart).
-    again = [await _answered(api, event_id, f"b{n}") for n in range(100)]
+    again = [await answered(api, event_id, f"b{n}", timeout_s=20) for n in range(100)]
     assert {reply.code for reply in again} == {"already_issued"}
     await wait_stored(pg, redis, event_id)
     rows = await assert_invariants(pg, event_id, 300, redis=redis)

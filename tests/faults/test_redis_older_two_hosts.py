@@ -18,10 +18,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess
+from harness.api import Api, answered, burst
+from harness.invariants import assert_invariants, wait_stored
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
+
+pytestmark = pytest.mark.slow
 
 ROLE = "coupon_host_a"
 
@@ -48,16 +50,6 @@ async def host_a_role(pg: asyncpg.Pool) -> AsyncIterator[str]:
         except asyncpg.DependentObjectsStillExistError:
             await asyncio.sleep(0.1)
     raise AssertionError(f"role {ROLE} still owns objects")
-
-
-async def _answered(api: Api, event_id: int, user: str, timeout_s: float) -> tuple[Reply, float]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reply = await api.issue(event_id, user)
-        if reply.status != 503:
-            return reply, time.monotonic()
-        assert time.monotonic() < deadline, "issuing did not resume"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_redis_back_older_waits_for_another_hosts_buffer_and_hands_none_of_it_out_again(
@@ -99,14 +91,16 @@ async def test_a_redis_back_older_waits_for_another_hosts_buffer_and_hands_none_
         return time.monotonic()
 
     returned = asyncio.create_task(give_back_postgres())
-    first, answered_at = await _answered(host_b, event_id, "b0", timeout_s=40)
+    first = await answered(host_b, event_id, "b0", timeout_s=40)
+    answered_at = time.monotonic()
     returned_at = await returned
     # Host B decided nothing until host A's buffer was stored, and then after all of it.
     assert answered_at > returned_at
     assert first.status == 201 and first.body["ordinal"] == 121, first
     # Each worker resumes once it has seen the Redis verified (at most a second apart).
     again = [
-        (await _answered(host_b, event_id, user, 10))[0] for user in [*(f"a{n}" for n in range(100)), "e0"]
+        await answered(host_b, event_id, user, timeout_s=10)
+        for user in [*(f"a{n}" for n in range(100)), "e0"]
     ]
     assert {reply.code for reply in again} == {"already_issued"}
 

@@ -13,9 +13,9 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.servers import ServiceProcess
+from harness.api import Api, burst
+from harness.invariants import assert_invariants, wait_stored
+from harness.service_process import ServiceProcess
 
 
 async def test_a_killed_worker_is_replaced_and_its_buffered_issues_are_stored(

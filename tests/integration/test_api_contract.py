@@ -11,9 +11,9 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api
-from tests.support.invariants import keyspace, wait_stored
-from tests.support.servers import ServiceProcess
+from harness.api import Api
+from harness.invariants import keyspace, wait_stored
+from harness.service_process import ServiceProcess
 
 
 def _at(seconds: float) -> str:

@@ -8,8 +8,8 @@ from collections import Counter
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, wait_stored
+from harness.api import Api, burst
+from harness.invariants import assert_invariants, wait_stored
 
 
 def _users_with_repeats(distinct: int, total: int, seed: int) -> list[object]:

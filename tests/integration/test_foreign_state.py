@@ -20,6 +20,8 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN, Api
+from harness.invariants import keyspace
 from service.config import Settings
 from service.keys import EventKeys
 from service.lifecycle import Lifecycle
@@ -27,8 +29,6 @@ from service.reconcile import PostgresStore, Reconciler
 from service.redis_events import RedisEvents
 from service.store import EventRow
 from service.workers import WorkerBoard
-from tests.support.api import ADMIN_TOKEN, Api
-from tests.support.invariants import keyspace
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from harness.invariants import keyspace
 from service.errors import ForeignState
 from service.foreign import refuse_foreign
 from service.keys import Keyspace
 from service.redis_decisions import Outcome, RedisDecisions
 from service.redis_events import EventTimes, RedisEvents
 from service.redis_link import RedisLink
-from tests.support.invariants import keyspace
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _event_ids = itertools.count(7_000_000_000 + os.getpid() * 100_000)

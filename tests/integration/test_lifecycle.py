@@ -12,9 +12,9 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.servers import ServiceProcess
+from harness.api import Api, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.service_process import ServiceProcess
 
 
 async def _rows(pg: asyncpg.Pool, event_id: int) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import aiohttp
 import jwt
 
-from tests.support.api import ADMIN_TOKEN, Api
-from tests.support.servers import ServiceProcess
+from harness.api import ADMIN_TOKEN, Api
+from harness.service_process import ServiceProcess
 
 JWT_SECRET = "log-test-jwt-secret-0123456789abcdef-xyz"
 USER = "probe-user-93f1"

@@ -13,10 +13,10 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from harness.api import Api, burst
+from harness.invariants import wait_stored
+from harness.service_process import ServiceProcess
 from service import metrics
-from tests.support.api import Api, burst
-from tests.support.invariants import wait_stored
-from tests.support.servers import ServiceProcess
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

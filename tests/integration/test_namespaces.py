@@ -17,10 +17,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.api import Api, burst
-from tests.support.database import fresh_database
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.servers import ServiceProcess
+from harness.api import Api, burst
+from harness.database import fresh_database
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.service_process import ServiceProcess
 
 DATABASES = {
     "a": "postgresql://postgres@127.0.0.1:5432/coupons_ns_a",

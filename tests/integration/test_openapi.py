@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN, Api
+from harness.service_process import ServiceProcess
 from service.schema import create_database, migrate
-from tests.support.api import ADMIN_TOKEN, Api
-from tests.support.servers import ServiceProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.api import Api, Reply, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
+from harness.api import Api, Reply, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
 
 QUANTITY = 3000
 RECOVERY_S = 8.0

@@ -7,6 +7,7 @@ import time
 
 import asyncpg
 
+from harness.api import ADMIN_TOKEN
 from service.config import Settings
 from service.lifecycle import Lifecycle
 from service.reconcile import PostgresStore, Reconciler
@@ -14,7 +15,6 @@ from service.redis_decisions import RedisDecisions
 from service.redis_events import RedisEvents
 from service.store import EventRow
 from service.workers import WorkerBoard
-from tests.support.api import ADMIN_TOKEN
 
 
 async def _open_event(pg: asyncpg.Pool, lifecycle: Lifecycle, quantity: int) -> int:

@@ -9,8 +9,8 @@ import time
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.support.api import Api
-from tests.support.invariants import keyspace, wait_stored
+from harness.api import Api
+from harness.invariants import keyspace, wait_stored
 
 
 async def _until(check: object, timeout_s: float = 10.0) -> None:

@@ -18,6 +18,9 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
+from harness.api import ADMIN_TOKEN, Api, Reply
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.service_process import ServiceProcess
 from lua import source
 from service import store
 from service.config import Settings
@@ -26,9 +29,6 @@ from service.lifecycle import Lifecycle
 from service.redis_events import RedisEvents
 from service.redis_link import RedisLink
 from service.workers import WorkerBoard
-from tests.support.api import ADMIN_TOKEN, Api, Reply
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.servers import ServiceProcess
 
 COUPONCTL = Path(sys.executable).parent / "couponctl"
 

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from harness.invariants import keyspace
 from loadtest.verify import verify
-from tests.support.invariants import keyspace
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,10 +19,13 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support.api import Api, burst
-from tests.support.database import fresh_database
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ServiceProcess, free_port
+from harness.api import Api, burst
+from harness.database import fresh_database
+from harness.ports import free_port
+from harness.redis_server import RedisServer
+from harness.service_process import ServiceProcess
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "ops" / "prometheus" / "rules").glob("*.yml"))

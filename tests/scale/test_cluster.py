@@ -22,12 +22,14 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from harness.api import Api, burst
+from harness.invariants import assert_invariants, keyspace, wait_stored
+from harness.redis_cluster import RedisClusterServer
+from harness.service_process import ServiceProcess
 from service import metrics
 from service.keys import Keyspace
-from tests.support.api import Api, burst
-from tests.support.invariants import assert_invariants, keyspace, wait_stored
-from tests.support.redis_cluster import RedisClusterServer
-from tests.support.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow
 
 EVENTS = 14
 
@@ -115,8 +117,8 @@ async def test_a_burst_over_many_events_keeps_every_invariant_on_every_shard(
             user for user, reply in zip(users, answers, strict=True) if reply.status == 201
         ]
         assert len(served) == len(set(served)) == min(quantity, len(set(users))), (event_id, statuses)
-        assert await wait_stored(pg, cluster_client, event_id) == len(served)  # type: ignore[arg-type]
-        rows = await assert_invariants(pg, event_id, quantity, redis=cluster_client)  # type: ignore[arg-type]
+        assert await wait_stored(pg, cluster_client, event_id) == len(served)
+        rows = await assert_invariants(pg, event_id, quantity, redis=cluster_client)
         assert {row["user_id"] for row in rows} == set(served)
         stats = await api.stats(event_id)
         assert (stats.body["issued_redis"], stats.body["rows_stored"], stats.body["drift"]) == (
@@ -271,8 +273,8 @@ async def test_a_primary_killed_mid_load_costs_only_its_events_a_bounded_503_win
     for event_id in events:
         if lost[event_id]:
             continue
-        await wait_stored(pg, cluster_client, event_id)  # type: ignore[arg-type]
-        rows = await assert_invariants(pg, event_id, 100_000, redis=cluster_client)  # type: ignore[arg-type]
+        await wait_stored(pg, cluster_client, event_id)
+        rows = await assert_invariants(pg, event_id, 100_000, redis=cluster_client)
         stored = {row["user_id"]: row["ordinal"] for row in rows}
         assert all(stored.get(a.user) == a.body["ordinal"] for a in served if a.event_id == event_id)  # type: ignore[index]
     await cluster_client.aclose()
@@ -346,7 +348,7 @@ async def test_with_wait_replicas_a_batch_no_replica_confirms_answers_503_and_is
         await asyncio.sleep(0.1)
     assert (await api.issue(first, "after")).status == 201
     await _drained(service)
-    await assert_invariants(pg, first, 100_000, redis=cluster_client)  # type: ignore[arg-type]
+    await assert_invariants(pg, first, 100_000, redis=cluster_client)
 
 
 def _replica_of(cluster: RedisClusterServer, primary: int) -> int:
@@ -420,8 +422,8 @@ async def test_a_failover_to_a_lagging_replica_is_verified_and_rebuilt_on_its_sh
     assert Counter(reply.status for reply in again) == {409: len(again)}, "a user was served twice"
     await _drained(service)
     for event_id in events:
-        await wait_stored(pg, cluster_client, event_id)  # type: ignore[arg-type]
-        rows = await assert_invariants(pg, event_id, 100_000, redis=cluster_client)  # type: ignore[arg-type]
+        await wait_stored(pg, cluster_client, event_id)
+        rows = await assert_invariants(pg, event_id, 100_000, redis=cluster_client)
         stored = {row["user_id"]: row["ordinal"] for row in rows}
         assert all(stored.get(a.user) == a.body["ordinal"] for a in served if a.event_id == event_id)  # type: ignore[index]
     metrics_text = (await api.request("GET", "/metrics")).body.decode()

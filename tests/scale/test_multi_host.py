@@ -24,11 +24,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from harness.api import Api, burst, connector
+from harness.invariants import assert_invariants, wait_stored
+from harness.service_process import ServiceProcess
+from loadtest.blue_green import Stack
 from service import metrics
-from tests.deploy.blue_green import Stack
-from tests.support.api import Api, burst, connector
-from tests.support.invariants import assert_invariants, wait_stored
-from tests.support.servers import ServiceProcess
+
+pytestmark = pytest.mark.slow
 
 # A flash sale in small: more users than coupons, some of them asking twice.
 QUANTITY = 1000
@@ -112,7 +114,6 @@ async def _settled_stats(apis: list[Api], event_id: int, timeout_s: float = 10.0
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_two_hosts_behind_nginx_issue_the_exact_stock_once_per_user(
     hosts: Hosts, http: aiohttp.ClientSession, pg: asyncpg.Pool, redis: Redis

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from service.config import ConfigError, Settings
+from service.config import ConfigError, Settings, StorageSettings
 
 TOKEN = {"ADMIN_TOKEN": "x" * 16}
 
@@ -91,3 +91,34 @@ def test_every_default_is_the_one_its_field_declares() -> None:
     token = "t" * 32
     assert Settings.from_env({"ADMIN_TOKEN": token}) == Settings(admin_token=token)
     assert Settings(admin_token=token).workers == (os.cpu_count() or 1)
+
+
+def test_the_storage_settings_need_no_admin_token_and_read_as_the_service_reads_them() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app:secret@db:5432/coupons",
+        "REDIS_CLUSTER_NODES": "r1:7000,r2:7001",
+        "REDIS_KEY_PREFIX": "blue",
+        "KEY_TTL_GRACE_S": "600",
+    }
+    storage = StorageSettings.from_env(env)
+    assert storage.redis_cluster and storage.redis_key_prefix == "blue" and storage.key_ttl_grace_s == 600
+    settings = Settings.from_env({**TOKEN, **env})
+    assert all(getattr(settings, name) == value for name, value in vars(storage).items())
+    assert StorageSettings.from_env({}) == StorageSettings()
+    assert "secret" not in repr(storage)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://root@127.0.0.1/coupons"),
+        ("REDIS_URL", "redis://:6379"),
+        ("REDIS_CLUSTER_NODES", "127.0.0.1"),
+        ("REDIS_KEY_PREFIX", "{braces}"),
+        ("OPEN_ENDED_TTL_S", "1"),
+    ],
+)
+def test_a_malformed_storage_setting_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        StorageSettings.from_env({name: value})
+    assert caught.value.name == name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,8 @@ class Reply:
     @property
     def code(self) -> str | None:
         if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return self.body["error"].get("code")
+            code = self.body["error"].get("code")
+            return code if isinstance(code, str) else None
         return None
 
 
@@ -78,6 +80,19 @@ class Api:
         reply = await self.open(event_id)
         assert reply.status == 200, reply
         return event_id
+
+
+async def answered(api: Api, event_id: int, user: Any, *, timeout_s: float) -> Reply:
+    """The first answer to ``user``'s issue that is not 503 ``unavailable``, asked again every
+    50 ms: while Redis is out, being verified, or a worker's breaker is open."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await api.issue(event_id, user)
+        if reply.status != 503:
+            return reply
+        assert reply.code == "unavailable", reply
+        assert time.monotonic() < deadline, f"{user}: still 503 after {timeout_s} s: issuing did not resume"
+        await asyncio.sleep(0.05)
 
 
 async def burst(api: Api, event_id: int, users: list[Any]) -> list[Reply]:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from faulty.core import FaultyProxy
 from faulty.middlewares import BaseMiddleware
 
-from tests.support.servers import free_port
+from harness.ports import free_port
 
 
 class CutMiddleware(BaseMiddleware):

@@ -2,7 +2,7 @@
 processes on real Redis and PostgreSQL, k6 loading the issue route through nginx, and
 ops/bluegreen/switch.sh moving the traffic blue -> green -> blue during the load.
 
-    python -m tests.deploy.blue_green [--rate 1200] [--duration 30s] [--quantity 30000]
+    python -m loadtest.blue_green [--rate 1200] [--duration 30s] [--quantity 30000]
 
 Passes when every request got 201, 409 or 410 (no 5xx, no connection error), both switches
 finished during the load, each colour served traffic, the invariants hold (issued ==
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_port
+from harness.durations import seconds
+from harness.ports import free_port
+from harness.service_process import BIN
+from loadtest.verify import Verdict, verify
+from service.config import StorageSettings
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 SWITCH = ROOT / "ops" / "bluegreen" / "switch.sh"
 RENDER = ROOT / "ops" / "bluegreen" / "native-nginx.sh"
 ADMIN_TOKEN = "deploy-test-admin-token-0123456789"
@@ -62,13 +64,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.breaches
-
-
-def seconds(duration: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", duration)
-    if match is None:
-        raise ValueError(f"duration: expected e.g. 30s or 1m, got {duration!r}")
-    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match[2]]
 
 
 class Stack:
@@ -238,8 +233,6 @@ def run(
     work_dir: Path,
     say: Callable[[str], None] = print,
 ) -> Outcome:
-    from loadtest.verify import verify
-
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -313,7 +306,7 @@ def run(
 
         # Green was drained by the second switch: its buffer must be in PostgreSQL already.
         # Blue is still up; give its writer a moment, then every check reads the stores.
-        verdict = asyncio.run(_settle_and_verify(verify, outcome, database_url, redis_url))
+        verdict = asyncio.run(_settle_and_verify(outcome, database_url, redis_url))
         outcome.issued = verdict.issued_redis
         outcome.rows = verdict.rows
         breaches.extend(verdict.breaches)
@@ -323,7 +316,7 @@ def run(
         stack.close()
 
 
-async def _settle_and_verify(verify: Any, outcome: Outcome, database_url: str, redis_url: str) -> Any:
+async def _settle_and_verify(outcome: Outcome, database_url: str, redis_url: str) -> Verdict:
     deadline = time.monotonic() + 30
     while True:
         verdict = await verify(
@@ -332,6 +325,19 @@ async def _settle_and_verify(verify: Any, outcome: Outcome, database_url: str, r
         if verdict.ok or time.monotonic() > deadline:
             return verdict
         await asyncio.sleep(0.2)
+
+
+def _storage() -> StorageSettings:
+    """DATABASE_URL and REDIS_URL, else a database and a Redis db of the run's own: it writes
+    an event there."""
+    given = {name: value for name, value in os.environ.items() if value.strip()}
+    return StorageSettings.from_env(
+        {
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/coupons_deploy",
+            "REDIS_URL": "redis://127.0.0.1:6379/14",
+            **given,
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.schema import create_database, migrate
 
-    database_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/coupons_deploy")
-    asyncio.run(create_database(database_url))
-    asyncio.run(migrate(database_url))
+    storage = _storage()
+    asyncio.run(create_database(storage.database_url))
+    asyncio.run(migrate(storage.database_url))
     work_dir = Path(tempfile.mkdtemp(prefix="coupon-deploy-"))
     outcome = run(
-        database_url=database_url,
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+        database_url=storage.database_url,
+        redis_url=storage.redis_url,
         rate=args.rate,
         duration=args.duration,
         quantity=args.quantity,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.servers import free_port
+from harness.ports import free_port
 
 
 class RedisServer:

@@ -1,7 +1,7 @@
 """A private Redis Cluster on free ports in a temporary folder: redis-server nodes with
 cluster mode on, joined by `redis-cli --cluster create`, for tests and benchmarks.
 
-    python -m tests.support.redis_cluster --primaries 3 --replicas 1   # runs until Ctrl-C
+    python -m harness.redis_cluster --primaries 3 --replicas 1   # runs until Ctrl-C
 
 Each node keeps nothing on disk beyond its cluster config. `cluster-require-full-coverage no`
 keeps the healthy shards serving while one has no primary (the service's setting too, see

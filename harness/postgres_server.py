@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.servers import free_port
+from harness.ports import free_port
 
 
 def _bin(name: str) -> str:
