@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import functools
 import gc
 import os
@@ -38,8 +37,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue, MutexValue
-
-from .errors import ServiceError
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -227,46 +224,6 @@ class Tally:
 
 
 tally = Tally()
-_issue_outcome = {outcome: issue_requests.labels(outcome) for outcome in OUTCOMES}
-# An issue answer's error code -> its outcome; any other 4xx is "invalid".
-_OUTCOME_OF_CODE = {
-    "already_issued": "already_issued",
-    "sold_out": "sold_out",
-    "not_started": "not_open",
-    "ended": "not_open",
-    "closed": "not_open",
-    "event_not_found": "not_open",
-    "unavailable": "unavailable",
-}
-
-
-def issue_outcome(status: int, code: str | None) -> str:
-    if status == 201:
-        return "issued"
-    if code in _OUTCOME_OF_CODE:
-        return _OUTCOME_OF_CODE[code]
-    if status == 503:
-        return "unavailable"
-    return "invalid" if status < 500 else "error"
-
-
-def count_issue(status: int, code: str | None, seconds: float) -> None:
-    tally.inc(_issue_outcome[issue_outcome(status, code)])
-    tally.observe(issue_duration, seconds)
-
-
-@contextlib.contextmanager
-def lifecycle_operation(operation: str) -> Iterator[None]:
-    """Counts an admin operation by result: ok, refused (a 4xx) or failed."""
-    try:
-        yield
-    except ServiceError as exc:
-        lifecycle_operations.labels(operation, "refused" if exc.status < 500 else "failed").inc()
-        raise
-    except Exception:
-        lifecycle_operations.labels(operation, "failed").inc()
-        raise
-    lifecycle_operations.labels(operation, "ok").inc()
 
 
 def prepare_directory() -> Path | None:
