@@ -17,14 +17,16 @@ from typing import Any
 from prometheus_client import Counter
 from sanic import HTTPResponse, Request
 
-from . import logs, metrics
+from . import logs
 from .errors import ServiceError
+from .metrics import counted
+from .metrics.tally import tally
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 
 _ISSUE_ROUTE = "issue"
 _http_children: dict[tuple[str, int], Counter] = {}
-_issue_outcome = {outcome: metrics.issue_requests.labels(outcome) for outcome in metrics.OUTCOMES}
+_issue_outcome = {outcome: counted.issue_requests.labels(outcome) for outcome in counted.OUTCOMES}
 # An issue answer's error code -> its outcome; any other 4xx is "invalid".
 _OUTCOME_OF_CODE = {
     "already_issued": "already_issued",
@@ -65,11 +67,11 @@ def answered(request: Request, response: HTTPResponse, error_code: str | None = 
     status = response.status
     child = _http_children.get((route, status))
     if child is None:
-        child = _http_children[route, status] = metrics.http_requests.labels(route, str(status))
-    metrics.tally.inc(child)
+        child = _http_children[route, status] = counted.http_requests.labels(route, str(status))
+    tally.inc(child)
     if route == _ISSUE_ROUTE:
-        metrics.tally.inc(_issue_outcome[issue_outcome(status, error_code)])
-        metrics.tally.observe(metrics.issue_duration, elapsed)
+        tally.inc(_issue_outcome[issue_outcome(status, error_code)])
+        tally.observe(counted.issue_duration, elapsed)
     response.headers[logs.HEADER] = logs.request_id(request)
     if access_log_enabled:
         logs.access.info(
@@ -99,9 +101,9 @@ def lifecycle_operation(operation: str) -> Iterator[None]:
     try:
         yield
     except ServiceError as exc:
-        metrics.lifecycle_operations.labels(operation, "refused" if exc.status < 500 else "failed").inc()
+        counted.lifecycle_operations.labels(operation, "refused" if exc.status < 500 else "failed").inc()
         raise
     except Exception:
-        metrics.lifecycle_operations.labels(operation, "failed").inc()
+        counted.lifecycle_operations.labels(operation, "failed").inc()
         raise
-    metrics.lifecycle_operations.labels(operation, "ok").inc()
+    counted.lifecycle_operations.labels(operation, "ok").inc()

@@ -16,10 +16,11 @@ import time
 import asyncpg
 from redis.exceptions import LockError, RedisClusterException, RedisError
 
-from . import metrics, store
+from . import store
 from .decision import EventStore
 from .errors import ForeignState
 from .lifecycle import Lifecycle
+from .metrics import counted
 from .store import EventRow
 
 logger = logging.getLogger(__name__)
@@ -122,10 +123,10 @@ class Reconciler:
                 asyncpg.InterfaceError,
             ) as exc:
                 logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
-                metrics.reconcile_failures.inc()
+                counted.reconcile_failures.inc()
                 written = None
             if written:
-                metrics.reconciled_rows.inc(written)
+                counted.reconciled_rows.inc(written)
             if written is not None:
                 started = True
             await asyncio.sleep(interval_s if started else min(interval_s, _RETRY_S))

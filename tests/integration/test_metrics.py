@@ -13,7 +13,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from service import metrics
+from service.metrics.tally import Tally
 from tests.support.api import Api, burst
 from tests.support.invariants import wait_stored
 from tests.support.servers import ServiceProcess
@@ -48,7 +48,7 @@ async def test_counters_summed_over_workers_equal_the_answers_served(
 
     # Each worker writes its hot-path samples every Tally.FLUSH_S: scrape until the last
     # answer is in (bounded), then every figure must match exactly.
-    deadline = time.monotonic() + 10 * metrics.Tally.FLUSH_S
+    deadline = time.monotonic() + 10 * Tally.FLUSH_S
     while True:
         async with http.get(service.url + "/metrics") as response:
             assert response.status == 200
@@ -58,7 +58,7 @@ async def test_counters_summed_over_workers_equal_the_answers_served(
         buffered = samples.get(("coupon_buffer_rows", ()), 0.0)
         if (counted >= len(replies) and buffered == 0) or time.monotonic() > deadline:
             break
-        await asyncio.sleep(metrics.Tally.FLUSH_S / 2)
+        await asyncio.sleep(Tally.FLUSH_S / 2)
 
     def value(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)

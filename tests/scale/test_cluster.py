@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from service import metrics
 from service.keys import Keyspace
+from service.metrics.tally import Tally
 from tests.support.api import Api, burst
 from tests.support.invariants import assert_invariants, keyspace, wait_stored
 from tests.support.redis_cluster import RedisClusterServer
@@ -291,7 +291,7 @@ async def _drained(service: ServiceProcess, timeout_s: float = 15.0) -> None:
 
     Each worker sets the gauge every Tally.FLUSH_S: wait for one such update past the last
     answer first, or a 0 from before it would end the wait early."""
-    await asyncio.sleep(2 * metrics.Tally.FLUSH_S)
+    await asyncio.sleep(2 * Tally.FLUSH_S)
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from service import metrics
+from service.metrics.tally import Tally
 from tests.deploy.blue_green import Stack
 from tests.support.api import Api, burst, connector
 from tests.support.invariants import assert_invariants, wait_stored
@@ -139,7 +139,7 @@ async def test_two_hosts_behind_nginx_issue_the_exact_stock_once_per_user(
 
     # Both hosts took part, and between them they answered every request nginx passed on
     # (each worker writes its counts every Tally.FLUSH_S: wait for the last of them).
-    await asyncio.sleep(3 * metrics.Tally.FLUSH_S)
+    await asyncio.sleep(3 * Tally.FLUSH_S)
     served = [
         await _issue_outcomes(http, instance) - earlier
         for instance, earlier in zip(hosts.instances, before, strict=True)
