@@ -6,10 +6,10 @@ import hmac
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from . import metrics, validation
+from . import validation
 from .errors import Unauthorized
 from .http import json
-from .instrument import observed
+from .instrument import lifecycle_operation, observed
 from .lifecycle import Lifecycle
 from .runtime import worker_of
 from .timefmt import iso, now_utc
@@ -53,7 +53,7 @@ async def create_event(request: Request) -> HTTPResponse:
 @admin.post("/events/<event_id:str>/open", name="open_event")
 @observed
 async def open_event(request: Request, event_id: str) -> HTTPResponse:
-    with metrics.lifecycle_operation("open"):
+    with lifecycle_operation("open"):
         report = await _lifecycle(request).open(validation.event_id(event_id))
     return json(report.as_json())
 
@@ -61,7 +61,7 @@ async def open_event(request: Request, event_id: str) -> HTTPResponse:
 @admin.post("/events/<event_id:str>/close", name="close_event")
 @observed
 async def close_event(request: Request, event_id: str) -> HTTPResponse:
-    with metrics.lifecycle_operation("close"):
+    with lifecycle_operation("close"):
         report = await _lifecycle(request).close(validation.event_id(event_id))
     return json(report.as_json())
 
@@ -69,7 +69,7 @@ async def close_event(request: Request, event_id: str) -> HTTPResponse:
 @admin.post("/events/<event_id:str>/sync", name="sync_event")
 @observed
 async def sync_event(request: Request, event_id: str) -> HTTPResponse:
-    with metrics.lifecycle_operation("sync"):
+    with lifecycle_operation("sync"):
         report = await _lifecycle(request).sync(validation.event_id(event_id))
     return json(report.as_json())
 

@@ -18,8 +18,8 @@ import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from . import metrics
 from .failures import REDIS_FAILURES
+from .metrics import counted
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class EvictionWatch:
     async def check(self) -> None:
         reports = await read(self._client)
         unsafe = [report for report in reports if not report.safe]
-        metrics.redis_unsafe.set(1 if unsafe else 0)
-        metrics.redis_evicted_keys.set(sum(report.evicted_keys for report in reports))
+        counted.redis_unsafe.set(1 if unsafe else 0)
+        counted.redis_evicted_keys.set(sum(report.evicted_keys for report in reports))
         for report in reports:
             before = self._evicted.get(report.node)
             if before is not None and report.evicted_keys > before:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-from . import metrics
 from .errors import ForeignState
+from .metrics import counted
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def refuse_foreign(
     problem = _problem(event_status, quantity, redis_quantity, issued, records, stored)
     if problem is None:
         return
-    metrics.foreign_state.labels(where).inc()
+    counted.foreign_state.labels(where).inc()
     logger.error("refused Redis state for event %d (%s): %s; nothing was written", event_id, where, problem)
     raise ForeignState(
         f"Redis holds state for event {event_id} that cannot be its own: {problem}. Nothing was "

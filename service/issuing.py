@@ -9,7 +9,6 @@ from typing import Protocol
 
 from batcher import Buffer, BufferFull, IssueRecord
 
-from . import metrics
 from .breaker import CircuitBreaker
 from .coalescer import Coalescer
 from .directory import EventDirectory
@@ -24,6 +23,8 @@ from .errors import (
     Unavailable,
 )
 from .failures import REDIS_FAILURES
+from .metrics import counted
+from .metrics.tally import tally
 from .redis_decisions import NotReplicated, Outcome
 from .timefmt import iso_us
 
@@ -170,7 +171,7 @@ class Issuer:
             breaker = self.breakers[shard] = self._new_breaker()
         if not breaker.allow():
             self._buffer.release(len(users))
-            metrics.breaker_rejections.inc()
+            counted.breaker_rejections.inc()
             raise Unavailable()
         try:
             # The client's own timeout starts only once the batch is sent (after this line,
@@ -179,20 +180,20 @@ class Issuer:
             deadline_us = time.time_ns() // 1000 + self._decide_within_us
             started = time.perf_counter()
             reply = await self._decisions.decide(event_id, users, deadline_us)
-            metrics.tally.observe(metrics.decide_duration, time.perf_counter() - started)
-            metrics.tally.observe(metrics.decide_batch, len(users))
+            tally.observe(counted.decide_duration, time.perf_counter() - started)
+            tally.observe(counted.decide_batch, len(users))
         except NotReplicated as exc:
             # Decided, not confirmed: no 201 may rest on it (the primary could lose it).
             # The issues stay on the primary; reconcile stores them if it survives.
             self._buffer.release(len(users))
             breaker.record_success()
-            metrics.decide_unreplicated.inc()
+            counted.decide_unreplicated.inc()
             logger.warning("issue batch for event %d not replicated in time: %s", event_id, exc)
             raise Unavailable("the issue could not be confirmed; retry shortly") from exc
         except REDIS_FAILURES as exc:
             self._buffer.release(len(users))
             breaker.record_failure()
-            metrics.decide_failures.inc()
+            counted.decide_failures.inc()
             logger.warning("issue decision failed for event %d: %s", event_id, type(exc).__name__)
             raise Unavailable() from exc
         except BaseException:
@@ -211,7 +212,7 @@ class Issuer:
         )
         self._writer.notify()
         if outcomes and outcomes[0] == Outcome.BROKEN:  # the script answers it for the whole batch
-            metrics.broken_state.inc()
+            counted.broken_state.inc()
         if Outcome.SOLD_OUT in outcomes:
             self._sold_out.set(event_id)
         # One batch, one moment: its text is formatted once, not once per answer.

@@ -15,13 +15,14 @@ import asyncpg
 from batcher import IssueRecord
 from batcher.recovery import write_missing
 
-from . import metrics, store
+from . import store
 from .config import Settings
 from .errors import Busy, EventNotFound, ForeignState, ServiceError, Unavailable
 from .events import EventSpec
 from .failures import DEPENDENCY_FAILURES, LOCK_RELEASE_FAILURES, REDIS_FAILURES
 from .foreign import refuse_foreign
 from .keys import expire_at_ms, legacy_event_keys
+from .metrics import counted
 from .redis_events import EventTimes, RedisEvents, RedisEventState
 from .store import EventRow
 from .timefmt import iso, now_utc, to_us
@@ -156,7 +157,7 @@ class Lifecycle:
             records,
             stored=stored.keys(),
             older_than_us=issued_before_us,
-            on_refused=metrics.count_refused,
+            on_refused=counted.count_refused,
         )
         if written:
             logger.warning(
@@ -237,7 +238,7 @@ class Lifecycle:
         is moving them (``legacy_moved``).
         """
         if not legacy_moved and await self._unmoved_legacy(row, times):
-            metrics.foreign_state.labels(where).inc()
+            counted.foreign_state.labels(where).inc()
             logger.error("event %d still has keys of a version without namespaces; it stays on hold", row.id)
             raise ForeignState(
                 f"event {row.id} is still kept where a version without namespaces keeps it; run "
@@ -251,7 +252,7 @@ class Lifecycle:
         in_redis = {record.user_id for record in records}
         # Decisions no writer stored (a worker died with them buffered): PostgreSQL first.
         await write_missing(
-            self._pool, row.id, records, stored=stored.keys(), on_refused=metrics.count_refused
+            self._pool, row.id, records, stored=stored.keys(), on_refused=counted.count_refused
         )
         lacking = [
             (r["user_id"], r["ordinal"], to_us(r["issued_at"])) for r in rows if r["user_id"] not in in_redis
@@ -344,7 +345,7 @@ class SuspectEvents:
         if now - self._started.get(event_id, -_SUSPECT_RETRY_S) < _SUSPECT_RETRY_S:
             return  # asked on every refused answer: one verification a second at most
         self._started[event_id] = now
-        metrics.suspect_events.inc()
+        counted.suspect_events.inc()
         logger.error("event %d: %s; verifying it against PostgreSQL", event_id, why)
         self._running[event_id] = asyncio.get_running_loop().create_task(
             self._verify(event_id), name=f"verify-event-{event_id}"

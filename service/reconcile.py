@@ -17,11 +17,12 @@ from typing import Protocol
 
 import asyncpg
 
-from . import metrics, store
+from . import store
 from .errors import ForeignState
 from .failures import DEPENDENCY_FAILURES, LOCK_RELEASE_FAILURES
 from .keys import Keyspace
 from .lifecycle import Recorded
+from .metrics import counted
 from .redis_events import RedisEventState
 from .store import EventRow
 
@@ -167,10 +168,10 @@ class Reconciler:
                 )
             except DEPENDENCY_FAILURES as exc:
                 logger.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
-                metrics.reconcile_failures.inc()
+                counted.reconcile_failures.inc()
                 written = None
             if written:
-                metrics.reconciled_rows.inc(written)
+                counted.reconciled_rows.inc(written)
             if written is not None:
                 started = True
             await asyncio.sleep(interval_s if started else min(interval_s, _RETRY_S))

@@ -8,12 +8,13 @@ from importlib import resources
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from . import metrics, store, validation
+from . import store, validation
 from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
 from .failures import DEPENDENCY_FAILURES, POSTGRES_FAILURES, REDIS_FAILURES
 from .http import json
 from .instrument import observed
+from .metrics import exposition
 from .runtime import Worker, worker_of
 from .timefmt import iso, iso_us, now_utc, to_us
 
@@ -131,13 +132,13 @@ async def prometheus_metrics(request: Request) -> HTTPResponse:
     except DEPENDENCY_FAILURES as exc:
         logger.debug("event gauges left out: %s", type(exc).__name__)
         states = []
-    body = metrics.exposition(metrics.event_families(states))
-    return HTTPResponse(body, content_type=metrics.CONTENT_TYPE)
+    body = exposition.render(exposition.event_families(states))
+    return HTTPResponse(body, content_type=exposition.CONTENT_TYPE)
 
 
 async def _event_states(ctx: Worker) -> list[tuple[int, int, int, int]]:
     pool, events = ctx.pool, ctx.events
-    open_events = await store.open_events(pool, metrics.MAX_EVENTS)
+    open_events = await store.open_events(pool, exposition.MAX_EVENTS)
     if not open_events:
         return []
     stored = await store.issue_counts(pool, [event_id for event_id, _ in open_events])

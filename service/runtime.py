@@ -27,7 +27,7 @@ from batcher import Buffer, Writer
 from batcher import create_pool as create_writer_pool
 from batcher.sink import Refusal
 
-from . import metrics, store
+from . import store
 from .auth import TokenVerifier
 from .breaker import CircuitBreaker
 from .config import Settings
@@ -36,6 +36,8 @@ from .eviction import EvictionWatch
 from .issuing import Issuer, SoldOutFlags
 from .keys import Keyspace
 from .lifecycle import Lifecycle, SuspectEvents
+from .metrics import counted, exposition
+from .metrics.tally import tally
 from .reconcile import PostgresStore, Reconciler
 from .redis_decisions import RedisDecisions
 from .redis_events import RedisEvents
@@ -81,8 +83,8 @@ async def running(
     """Start a worker's parts (``shared``: Sanic's shared context; ``multiplexer``: its
     worker manager, or None outside Sanic's manager) and stop them on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(metrics.mark_dead, os.getpid())
-        stack.callback(metrics.tally.flush)
+        stack.callback(exposition.mark_dead, os.getpid())
+        stack.callback(tally.flush)
         # min_size=0: the worker starts even while PostgreSQL is down; issuing does not need it.
         pool = await asyncpg.create_pool(
             settings.database_url, min_size=0, max_size=_PG_POOL_MAX, command_timeout=60
@@ -132,7 +134,7 @@ async def running(
 
         eviction = EvictionWatch(redis, allowed=settings.redis_allow_eviction)
         buffer = Buffer(settings.buffer_max_rows, on_change=board.publish)
-        metrics.tally.gauge(metrics.buffer_rows, lambda: buffer.accepted - buffer.stored)
+        tally.gauge(counted.buffer_rows, lambda: buffer.accepted - buffer.stored)
         # Before the writer, so it stops after the writer has drained: a verification
         # elsewhere waits for this buffer while it drains.
         _task(
@@ -149,7 +151,7 @@ async def running(
             flush_interval_s=settings.flush_interval_s,
             retry_max_s=settings.flush_retry_max_s,
             on_flush=_flushed,
-            on_failure=metrics.flush_failures.inc,
+            on_failure=counted.flush_failures.inc,
             on_refused=partial(_refused, suspects),
         )
         writer.start()
@@ -183,8 +185,8 @@ async def running(
 
         if multiplexer is not None:
             _task(stack, replace_failed_siblings(multiplexer), "supervise")
-        _task(stack, metrics.sample_process(), "sample-process")
-        _task(stack, metrics.tally.flush_periodically(), "metrics-tally")
+        _task(stack, exposition.sample_process(), "sample-process")
+        _task(stack, tally.flush_periodically(), "metrics-tally")
         _task(stack, eviction.run(), "eviction-watch")
         if isinstance(guard_redis, Redis):
             # One Redis only: a cluster's failover always means new connections, each
@@ -247,12 +249,12 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def _refused(suspects: SuspectEvents, refusals: Sequence[Refusal]) -> None:
     """PostgreSQL would not store some issues: Redis and PostgreSQL disagree about those
     events, so each is put on hold and verified (kept on hold if it cannot be squared)."""
-    metrics.count_refused(refusals)
+    counted.count_refused(refusals)
     for refusal in refusals:
         if refusal.reason != "unknown_event":
             suspects.verify(refusal.event_id, f"PostgreSQL refused {refusal.rows} rows ({refusal.reason})")
 
 
 def _flushed(rows: int, seconds: float) -> None:
-    metrics.rows_written.inc(rows)
-    metrics.flush_duration.observe(seconds)
+    counted.rows_written.inc(rows)
+    counted.flush_duration.observe(seconds)

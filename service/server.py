@@ -13,12 +13,13 @@ import redis.cluster
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from . import eviction, metrics
+from . import eviction
 from .app import create_app
 from .config import ConfigError, Settings
 from .draining import DrainingHttpProtocol
 from .failures import POSTGRES_FAILURES, REDIS_FAILURES
 from .keys import stored_namespace
+from .metrics import exposition
 
 # PostgreSQL failed, or the database is not migrated (no deployment row).
 _NAMESPACE_UNREADABLE: tuple[type[BaseException], ...] = (*POSTGRES_FAILURES, LookupError)
@@ -32,8 +33,8 @@ def main() -> None:
         raise SystemExit(2) from None
     namespace = _namespace(settings)
     _refuse_evicting_redis(settings)
-    made = metrics.prepare_directory()  # before the workers spawn: they inherit the variable
-    atexit.register(metrics.remove_directory, made)
+    made = exposition.prepare_directory()  # before the workers spawn: they inherit the variable
+    atexit.register(exposition.remove_directory, made)
     loader = AppLoader(factory=partial(create_app, settings, namespace))
     app = loader.load()
     app.prepare(

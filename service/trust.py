@@ -29,9 +29,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from . import metrics
 from .failures import REDIS_FAILURES
 from .keys import Keyspace, tag_for_slot
+from .metrics import counted
 from .redis_link import pack_command
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Trust:
                 self.refusal = None
         except Exception as exc:  # noqa: BLE001 - any failure: issuing stays stopped, the next try soon
             self._failed_at[target.name] = time.monotonic()
-            metrics.verifications.labels("failed").inc()
+            counted.verifications.labels("failed").inc()
             logger.error(
                 "verification of Redis %s (%s) failed (%s: %s); retrying",
                 target.name,

@@ -24,11 +24,12 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.cluster import PRIMARY
 
-from . import metrics, store
+from . import store
 from .errors import ForeignState
 from .failures import LOCK_RELEASE_FAILURES, REDIS_FAILURES
 from .keys import Keyspace
 from .lifecycle import Lifecycle
+from .metrics import counted
 from .redis_events import RedisEvents
 from .trust import Target
 from .workers import WorkerBoard
@@ -125,9 +126,9 @@ class Verifier:
         finally:
             self._board.bump_epoch()
         paused_s = time.monotonic() - started
-        metrics.verifications.labels("rebuilt" if rebuilt else "current").inc()
-        metrics.events_rebuilt.inc(len(rebuilt))
-        metrics.verify_seconds.set(paused_s)
+        counted.verifications.labels("rebuilt" if rebuilt else "current").inc()
+        counted.events_rebuilt.inc(len(rebuilt))
+        counted.verify_seconds.set(paused_s)
         log = logger.warning if rebuilt or refused else logger.info
         log(
             "Redis %s (%s) verified against PostgreSQL in %.3f s: %d open events, %d behind and"

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
+from .metrics import exposition
 
 logger = logging.getLogger(__name__)
 
@@ -165,4 +165,4 @@ async def replace_failed_siblings(multiplexer: Any, *, interval_s: float = 1.0) 
                 multiplexer.restart(name)
                 requested[name] = pid
                 if isinstance(pid, int):
-                    metrics.mark_dead(pid)
+                    exposition.mark_dead(pid)

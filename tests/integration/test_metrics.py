@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from harness.api import Api, burst
 from harness.invariants import wait_stored
 from harness.service_process import ServiceProcess
-from service import metrics
+from service.metrics.tally import Tally
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -48,7 +48,7 @@ async def test_counters_summed_over_workers_equal_the_answers_served(
 
     # Each worker writes its hot-path samples every Tally.FLUSH_S: scrape until the last
     # answer is in (bounded), then every figure must match exactly.
-    deadline = time.monotonic() + 10 * metrics.Tally.FLUSH_S
+    deadline = time.monotonic() + 10 * Tally.FLUSH_S
     while True:
         async with http.get(service.url + "/metrics") as response:
             assert response.status == 200
@@ -58,7 +58,7 @@ async def test_counters_summed_over_workers_equal_the_answers_served(
         buffered = samples.get(("coupon_buffer_rows", ()), 0.0)
         if (counted >= len(replies) and buffered == 0) or time.monotonic() > deadline:
             break
-        await asyncio.sleep(metrics.Tally.FLUSH_S / 2)
+        await asyncio.sleep(Tally.FLUSH_S / 2)
 
     def value(name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)

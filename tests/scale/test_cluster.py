@@ -26,8 +26,8 @@ from harness.api import Api, burst
 from harness.invariants import assert_invariants, keyspace, wait_stored
 from harness.redis_cluster import RedisClusterServer
 from harness.service_process import ServiceProcess
-from service import metrics
 from service.keys import Keyspace
+from service.metrics.tally import Tally
 
 pytestmark = pytest.mark.slow
 
@@ -293,7 +293,7 @@ async def _drained(service: ServiceProcess, timeout_s: float = 15.0) -> None:
 
     Each worker sets the gauge every Tally.FLUSH_S: wait for one such update past the last
     answer first, or a 0 from before it would end the wait early."""
-    await asyncio.sleep(2 * metrics.Tally.FLUSH_S)
+    await asyncio.sleep(2 * Tally.FLUSH_S)
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:

@@ -28,7 +28,7 @@ from harness.api import Api, burst, connector
 from harness.invariants import assert_invariants, wait_stored
 from harness.service_process import ServiceProcess
 from loadtest.blue_green import Stack
-from service import metrics
+from service.metrics.tally import Tally
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ async def test_two_hosts_behind_nginx_issue_the_exact_stock_once_per_user(
 
     # Both hosts took part, and between them they answered every request nginx passed on
     # (each worker writes its counts every Tally.FLUSH_S: wait for the last of them).
-    await asyncio.sleep(3 * metrics.Tally.FLUSH_S)
+    await asyncio.sleep(3 * Tally.FLUSH_S)
     served = [
         await _issue_outcomes(http, instance) - earlier
         for instance, earlier in zip(hosts.instances, before, strict=True)

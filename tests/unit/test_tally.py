@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from service.metrics import Tally
+from service.metrics.tally import Tally
 
 _BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # On a bound, just past one, past the last, zero, and repeats.
