@@ -47,6 +47,10 @@ def test_k6_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dict[st
     assert results["failed"] == 0 and results["other"] == 0 and results["passed"] is True
     report = (results["dir"] / "results.md").read_text()
     assert "Verdict: **PASS**" in report and "| over-issue | 0 |" in report
+    assert "## CPU split over the run" in report
+    for processes in ("generator (k6)", "service (its workers", "Redis", "PostgreSQL", "the whole machine"):
+        assert f"| {processes}" in report, report
+    assert "The generator (k6) took" in report
     assert (results["dir"] / "chart.png").stat().st_size > 10_000
 
 
