@@ -94,6 +94,41 @@ def test_locust_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dic
     assert results["requests"] == results["issued"] + results["sold_out"]
 
 
+@pytest.mark.slow
+def test_bench_measures_the_service_against_bare_sanic(service_env: dict[str, str]) -> None:
+    env = {
+        **os.environ,
+        **service_env,
+        "BENCH_DURATION": "1s",
+        "BENCH_ROUNDS": "1",
+        "BENCH_OPEN_DURATION": "2s",
+        "BENCH_OPEN_RATE": "200",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
+    for ratio in (
+        "ratio GET /health ÷ bare GET: ",
+        "ratio POST /events/{id}/issue ÷ bare POST: ",
+        "ratio GET /events/{id} ÷ bare GET: ",
+        "ratio GET /events/{id}/issues/{user} ÷ bare GET: ",
+        "ratio CPU per issue answer, service (workers + Redis + PostgreSQL) ÷ bare POST: ",
+    ):
+        assert f"bench: {ratio}" in out, out
+    for run in ("bare POST", "service /issue"):
+        assert f"bench: {run}: CPU split (cores): k6 " in out, out
+        assert f"bench: {run}: The generator (k6) took" in out, out
+    assert out.count("CPU yardstick") == 2 and "| measure | service | bare Sanic | ratio | target |" in out
+    assert "bench: every 201 stored" in out.splitlines()[-1]
+
+
 async def test_the_verifier_finds_each_kind_of_breach(
     pg: asyncpg.Pool, redis: Redis, database_url: str, redis_url: str
 ) -> None:
