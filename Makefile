@@ -75,8 +75,12 @@ $(ACTIONLINT):
 deploy-test: tools check
 	$(BIN)/python -m loadtest.blue_green
 
+# The service against a bare Sanic app (loadtest/bare.py), in one run: closed-loop rates (wrk)
+# and open-model CPU per answer (k6) as ratios beside their targets, the CPU split, a CPU
+# yardstick, and every 201 checked stored; ends with a table for docs/performance.md.
+# BENCH_WORKERS, BENCH_ROUNDS, BENCH_DURATION, BENCH_OPEN_RATE, ...: python -m loadtest.bench --help.
 bench: setup db
-	@bash loadtest/bench.sh
+	$(BIN)/python -m loadtest.bench
 
 # Rising open-model rates (STRESS_RATES) to find the highest held with p99 <= P99_MS.
 stress: setup db

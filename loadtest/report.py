@@ -5,10 +5,18 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from loadtest import cpu
+
+# What answers the requests: the service's processes, Redis and PostgreSQL.
+SERVED = ("service", *cpu.STORAGE_GROUPS)
+SERVED_TEXT = "the service (its workers, Redis and PostgreSQL)"
 
 
 @dataclass
@@ -139,12 +147,43 @@ def chart(
     plt.close(fig)
 
 
-def results_markdown(facts: dict[str, object]) -> str:
+def cpu_section(split: cpu.Split, generator: str, answers: int) -> list[str]:
+    """Where the machine's CPU went during the load: the generator, the service's workers,
+    Redis, PostgreSQL and the rest, and whether the generator took more than the service."""
+    lines = [
+        "## CPU split over the run",
+        "",
+        f"CPU time from /proc over the {split.wall_s:.1f} s the {generator} run lasted; a core is one CPU"
+        f" second per second ({os.cpu_count()} cores here).",
+        "",
+        "| processes | cores | CPU µs per answer |",
+        "|---|---|---|",
+    ]
+    names = {
+        generator: f"generator ({generator})",
+        "service": "service (its workers and their manager)",
+        "Redis": "Redis",
+        "PostgreSQL": "PostgreSQL (every postgres process)",
+    }
+    for name, label in names.items():
+        if name in split.cpu_s:
+            lines.append(f"| {label} | {split.cores(name):.2f} | {split.us_per([name], answers):.0f} |")
+        else:
+            lines.append(f"| {label} | not measured (not started here or not on this machine) | |")
+    other = split.other_s / split.wall_s if split.wall_s else 0.0
+    busy = split.busy_s / split.wall_s if split.wall_s else 0.0
+    lines += [f"| everything else | {other:.2f} | |", f"| the whole machine, busy | {busy:.2f} | |", ""]
+    lines.append(cpu.generator_sentence(split, generator, SERVED, SERVED_TEXT))
+    return lines
+
+
+def results_markdown(facts: Mapping[str, object], cpu_lines: list[str]) -> str:
     lines = [f"# Load run {facts['started']}", ""]
     lines += [f"- command: `{facts['command']}`", f"- machine: {facts['machine']}", ""]
     lines += ["| measure | value |", "|---|---|"]
     for key, value in facts["table"].items():  # type: ignore[attr-defined]
         lines.append(f"| {key} | {value} |")
+    lines += ["", *cpu_lines]
     lines += ["", f"Verdict: **{facts['verdict']}**", ""]
     if facts.get("breaches"):
         lines += [f"- {breach}" for breach in facts["breaches"]]  # type: ignore[attr-defined]

