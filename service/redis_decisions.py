@@ -8,14 +8,12 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .keys import Keyspace
-from .redis_link import RedisLink, closed_by_peer, pack_command
+from .redis_link import Lane, RedisLink, pack_command
 
 
 class Outcome(enum.IntEnum):
@@ -65,39 +63,27 @@ class RedisDecisions:
         self._admit = admit
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
-        # Idle connections kept for issue decisions on one Redis (see _decide_on_lane): as
-        # many as decisions the coalescer runs at once, opened by warm() or on first use.
-        self._lane: list[AbstractConnection] = []
-        self._lane_size = issue_lane
-        self._lane_timeout_s: float | None = None
+        # On one Redis, decisions go over a lane of their own: as many connections as
+        # decisions the coalescer runs at once.
+        self._lane = None if link.cluster is not None else Lane(link, issue_lane)
+        self._warm_connections = issue_lane
 
     async def warm(self) -> None:
         """Open the issue path's connections now, at start: a connection opened during a
         burst pays its handshake's round trips on a loaded event loop, and a batch waiting
         on it can miss its deadline (503s that issued nothing, but 503s). On one Redis that
         is the issue lane; on a cluster, the pool of every primary."""
-        if isinstance(self.redis, RedisCluster):
-            await asyncio.gather(
-                *(self.redis.ping(target_nodes=RedisCluster.PRIMARIES) for _ in range(self._lane_size))
-            )
+        if self._lane is not None:
+            await self._lane.warm()
             return
-        for _ in range(self._lane_size - len(self._lane)):
-            connection = self._new_lane_connection()
-            await connection.connect()
-            self._lane.append(connection)
-
-    def _new_lane_connection(self) -> AbstractConnection:
-        assert isinstance(self.redis, Redis)
-        pool = self.redis.connection_pool
-        # No per-socket-operation timeout: _decide_on_lane bounds the whole call once, where
-        # redis-py would wrap every send in asyncio.wait_for (a task per call).
-        self._lane_timeout_s = pool.connection_kwargs.get("socket_timeout")
-        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        assert isinstance(self.redis, RedisCluster)
+        await asyncio.gather(
+            *(self.redis.ping(target_nodes=RedisCluster.PRIMARIES) for _ in range(self._warm_connections))
+        )
 
     async def close(self) -> None:
-        lane, self._lane, self._lane_size = self._lane, [], 0
-        for connection in lane:
-            await connection.disconnect()
+        if self._lane is not None:
+            await self._lane.close()
 
     def shard(self, event_id: int) -> str:
         """The Redis the event's decisions go to now (a circuit breaker is kept per shard)."""
@@ -115,48 +101,20 @@ class RedisDecisions:
         args: list[str | int] = [deadline_us, *users]
         if self._wait_replicas:
             return await self._run_replicated(script_keys, args)
-        if isinstance(self.redis, RedisCluster):
+        if self._lane is None:
+            assert isinstance(self.redis, RedisCluster)
             return await self._run_on_node(self.redis, script_keys, args)
         return await self._decide_on_lane(script_keys, args)
 
     async def _decide_on_lane(self, keys: list[str], args: list[str | int]) -> list[int]:
-        """The script on a connection of the issue lane, outside the client's pool.
-
-        The coalescer runs at most ``issue_inflight_max`` decisions at once, so a small list
-        of idle connections serves them; redis-py's pool and command wrappers cost more CPU
-        per decision than sending it (py-spy, make bench); hiredis packs the command in C.
-        Same bounds as the pool: the call (connect, send and reply) within
-        REDIS_TIMEOUT_MS, no retry. A connection that failed, timed out or was cancelled
-        mid-reply is closed and never reused.
-        """
-        lane = self._lane
-        connection = lane.pop() if lane else self._new_lane_connection()
-        if closed_by_peer(connection):
-            # Redis restarted or dropped it while idle: reconnect rather than fail a batch.
-            await connection.disconnect(nowait=True)
-        try:
-            async with asyncio.timeout(self._lane_timeout_s):
-                try:
-                    await connection.send_packed_command(
-                        pack_command(("EVALSHA", str(self.link.issue.sha), len(keys), *keys, *args)),
-                        check_health=False,
-                    )
-                    reply = await connection.read_response()
-                except NoScriptError:
-                    await connection.send_command(
-                        "EVAL", str(self.link.issue.script), len(keys), *keys, *args
-                    )
-                    reply = await connection.read_response()
-        except RuntimeError as exc:
-            await connection.disconnect(nowait=True)
-            raise self.link.lost(exc) from exc
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            raise
-        if len(lane) < self._lane_size:
-            lane.append(connection)
-        else:
-            await connection.disconnect()
+        """The script on the issue lane (service/redis_link.py:Lane); a flushed script cache
+        (NOSCRIPT) is answered with EVAL, which carries the source."""
+        assert self._lane is not None
+        (reply,) = await self._lane.call(("EVALSHA", str(self.link.issue.sha), len(keys), *keys, *args))
+        if isinstance(reply, NoScriptError):
+            (reply,) = await self._lane.call(("EVAL", str(self.link.issue.script), len(keys), *keys, *args))
+        if isinstance(reply, Exception):
+            raise reply
         return cast(list[int], reply)  # the script answers a list of integers
 
     async def _run_on_node(self, cluster: RedisCluster, keys: list[str], args: list[str | int]) -> list[int]:

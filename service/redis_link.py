@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from lua import source
 
@@ -169,3 +169,74 @@ class RedisLink:
             await cluster.nodes_manager.initialize()
         except RedisError as exc:
             logger.warning("cluster slot map not refreshed: %s", type(exc).__name__)
+
+
+class Lane:
+    """A few idle connections to one Redis for a hot path, used outside the client's pool.
+
+    redis-py's pool and command wrappers cost more CPU per call than the call itself
+    (py-spy, make bench); here a call takes an idle connection, writes its commands packed
+    by hiredis in one write, and reads the replies. Same bounds as the pool: at most
+    ``size`` calls at once, each (connect, send and replies) within the client's socket
+    timeout, no retry. A connection that failed, timed out or was cancelled mid-reply is
+    closed and never reused; one the peer closed while idle is reconnected first. New
+    connections take the client's connect hook, so the trust gate admits each.
+    """
+
+    def __init__(self, link: RedisLink, size: int) -> None:
+        if not isinstance(link.redis, Redis):
+            raise ValueError("a lane serves one Redis, not a cluster")
+        pool = link.redis.connection_pool
+        self._link = link
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._class = pool.connection_class
+        # No per-socket-operation timeout: the whole call is bounded once, where redis-py
+        # would wrap every send in asyncio.wait_for (a task per call).
+        self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
+        self._idle: list[AbstractConnection] = []
+        self._size = size
+        self._slots = asyncio.Semaphore(size)
+
+    async def warm(self) -> None:
+        """Open the connections now: one opened during a burst pays its handshake's round
+        trips on a loaded event loop."""
+        while len(self._idle) < self._size:
+            connection = self._class(**self._kwargs)
+            await connection.connect()
+            self._idle.append(connection)
+
+    async def close(self) -> None:
+        idle, self._idle, self._size = self._idle, [], 0
+        for connection in idle:
+            await connection.disconnect()
+
+    async def call(self, *commands: tuple[str | int, ...]) -> list[Any]:
+        """The commands' replies in order; an error reply is returned, not raised, so every
+        reply is read and the connection stays in step."""
+        async with self._slots:
+            connection = self._idle.pop() if self._idle else self._class(**self._kwargs)
+            if closed_by_peer(connection):
+                # Redis restarted or dropped it while idle: reconnect rather than fail.
+                await connection.disconnect(nowait=True)
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await connection.send_packed_command(
+                        b"".join(pack_command(command) for command in commands), check_health=False
+                    )
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await connection.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)
+            except RuntimeError as exc:
+                await connection.disconnect(nowait=True)
+                raise self._link.lost(exc) from exc
+            except BaseException:
+                await connection.disconnect(nowait=True)
+                raise
+            if len(self._idle) < self._size:
+                self._idle.append(connection)
+            else:
+                await connection.disconnect()
+            return replies

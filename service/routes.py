@@ -47,7 +47,7 @@ async def event(request: Request, event_id: str) -> HTTPResponse:
     row = await ctx.directory.event(event)
     if row is None:
         raise EventNotFound()
-    state = await ctx.events.state(event)
+    state = await ctx.events.shared_state(event)
     if state.status is not None:
         issued = state.issued
     else:  # not in Redis: closed, never opened, or being recovered

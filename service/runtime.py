@@ -101,7 +101,8 @@ async def running(
         redis = _decisions_client(settings, trust)
         stack.push_async_callback(redis.aclose)
         link = RedisLink(redis)
-        events = RedisEvents(link, keys, other_calls=_EXTRA_REDIS_CONNECTIONS)
+        events = RedisEvents(link, keys, other_calls=_EXTRA_REDIS_CONNECTIONS, read_lane=True)
+        stack.push_async_callback(events.close)
         decisions = RedisDecisions(
             link,
             keys,
@@ -129,6 +130,7 @@ async def running(
         try:
             await link.load_scripts()
             await decisions.warm()
+            await events.warm()
         except Exception as exc:  # noqa: BLE001 - NOSCRIPT recovery loads them later
             logger.warning("scripts not loaded at start (%s); they load on first use", type(exc).__name__)
 
