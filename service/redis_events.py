@@ -106,15 +106,9 @@ class RedisEvents:
     async def state(self, event_id: int) -> RedisEventState:
         keys = self.keys.event(event_id)
         meta = ("HMGET", keys.meta, "status", "quantity", "starts_at", "ends_at")
-        if self._lane is not None:
-            replies = await self._lane.call(meta, ("GET", keys.seq), ("HLEN", keys.users))
-            (status, quantity, starts_at, ends_at), seq, records = _raised(replies)
-        else:
-            async with self._others, self.redis.pipeline(transaction=False) as pipe:
-                pipe.execute_command(*meta)
-                pipe.get(keys.seq)
-                pipe.hlen(keys.users)
-                (status, quantity, starts_at, ends_at), seq, records = await pipe.execute()
+        (status, quantity, starts_at, ends_at), seq, records = await self._read(
+            meta, ("GET", keys.seq), ("HLEN", keys.users)
+        )
         return RedisEventState(
             status=status,
             quantity=_int(quantity),
@@ -132,10 +126,10 @@ class RedisEvents:
         if reading is None:
             reading = asyncio.get_running_loop().create_task(self.state(event_id))
             self._reading[event_id] = reading
-            reading.add_done_callback(partial(self._read, event_id))
+            reading.add_done_callback(partial(self._forget, event_id))
         return await asyncio.shield(reading)
 
-    def _read(self, event_id: int, reading: asyncio.Task[RedisEventState]) -> None:
+    def _forget(self, event_id: int, reading: asyncio.Task[RedisEventState]) -> None:
         if self._reading.get(event_id) is reading:
             del self._reading[event_id]
 
@@ -147,24 +141,26 @@ class RedisEvents:
     async def issue_of(self, event_id: int, user_id: str) -> tuple[tuple[int, int] | None, bool]:
         """The user's (ordinal, issued_at_us) in Redis, and whether Redis holds every issue
         of the event: it is open there and its keys are whole (the issue script's test), so
-        a missing record means the user holds no coupon. One round trip."""
+        a missing record means the user holds no coupon. A user who holds one costs one
+        command; one who does not, a second round trip for the event's keys."""
         keys = self.keys.event(event_id)
-        commands: tuple[tuple[str, ...], ...] = (
-            ("HGET", keys.users, user_id),
-            ("HGET", keys.meta, "status"),
-            ("GET", keys.seq),
-            ("HLEN", keys.users),
+        (value,) = await self._read(("HGET", keys.users, user_id))
+        if value is not None:
+            return parse_record(str(value)), True
+        status, seq, records = await self._read(
+            ("HGET", keys.meta, "status"), ("GET", keys.seq), ("HLEN", keys.users)
         )
-        if self._lane is not None:
-            value, status, seq, records = _raised(await self._lane.call(*commands))
-        else:
-            async with self._others, self.redis.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                value, status, seq, records = await pipe.execute()
         whole = seq is not None and int(records) <= int(seq) and (int(seq) == 0 or int(records) > 0)
-        record = None if value is None else parse_record(str(value))
-        return record, status == "open" and whole
+        return None, status == "open" and whole
+
+    async def _read(self, *commands: tuple[str, ...]) -> list[Any]:
+        if self._lane is not None:
+            return _raised(await self._lane.call(*commands))
+        async with self._others, self.redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute()
+            return replies
 
     async def records(self, event_id: int) -> AsyncIterator[tuple[str, int, int]]:
         """Every (user, ordinal, issued_at_us) Redis holds for the event."""
