@@ -45,9 +45,14 @@ def k6_series(csv_gz: Path) -> Series:
     first = math.inf
     last = last_issued = 0.0
     with gzip.open(csv_gz, "rt", newline="") as stream:
-        for row in csv.reader(stream):
+        rows = csv.reader(stream)
+        header = next(rows, [])
+        name_at = header.index("name") if "name" in header else None
+        for row in rows:
             if row[0] != "http_req_duration":
                 continue
+            if name_at is not None and row[name_at] == "event":
+                continue  # a reader's request (READ_RATE): the series is the issue route's
             stamp = float(row[1])
             first = min(first, stamp)
             last = max(last, stamp)

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--users", type=int, default=int(os.environ.get("LOCUST_USERS", 200)), help="Locust users"
     )
+    parser.add_argument(
+        "--read-rate",
+        type=int,
+        default=int(os.environ.get("READ_RATE", 0)),
+        help="k6: also poll GET /events/{id} at this rate (a stampede of sale-page readers)",
+    )
     parser.add_argument("--p99-ms", type=float, default=float(os.environ.get("P99_MS", 25)))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 2)))
     parser.add_argument(
@@ -165,6 +171,8 @@ def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> 
         "-e",
         f"SCENARIO={args.scenario}",
         "-e",
+        f"READ_RATE={args.read_rate}",
+        "-e",
         f"USER_PREFIX=k6-{event_id}",
         str(HERE / "k6" / "issue.js"),
     ]
@@ -173,15 +181,21 @@ def run_k6(args: argparse.Namespace, url: str, event_id: int, run_dir: Path) -> 
     code = subprocess.call(command, env=env)
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = summary["metrics"]
-    duration = metrics.get("http_req_duration", {})
+    # The issue route's own figures; the readers' (READ_RATE) apart.
+    duration = metrics.get("http_req_duration{name:issue}") or metrics.get("http_req_duration", {})
+    requests = metrics.get("http_reqs{name:issue}") or metrics.get("http_reqs", {})
+    dropped = metrics.get("dropped_iterations{scenario:constant}") or metrics.get("dropped_iterations", {})
+    reads = metrics.get("http_req_duration{name:event}")
     counts = {
         name: int(metrics.get(name, {}).get("count", 0))
         for name in ("issued", "sold_out", "duplicate", "other")
     }
     return code, {
-        "requests": int(metrics.get("http_reqs", {}).get("count", 0)),
+        "requests": int(requests.get("count", 0)),
         "failed": int(metrics.get("http_req_failed", {}).get("passes", 0)),
-        "dropped": int(metrics.get("dropped_iterations", {}).get("count", 0)),
+        "dropped": int(dropped.get("count", 0)),
+        "reads": int(metrics.get("http_reqs{name:event}", {}).get("count", 0)) if reads else None,
+        "read_p99": reads.get("p(99)") if reads else None,
         "p50": duration.get("med"),
         "p95": duration.get("p(95)"),
         "p99": duration.get("p(99)"),
@@ -354,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         "last 201 → last row stored": f"{lag_s:.3f} s ({lag_basis})" if lag_s is not None else "n/a",
         "VUs / users (max)": str(result["max_vus"]),
     }
+    if result.get("reads") is not None:
+        table["readers: GET /events/{id} (p99 ms)"] = (
+            f"{result['reads']:,} at {args.read_rate:,}/s offered ({result['read_p99']:.2f})"
+        )
     facts = {
         "started": f"{started:%Y-%m-%d %H:%M:%SZ}",
         "command": "python loadtest/run.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -396,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows in PostgreSQL",
         "over-issue",
         "last 201 → last row stored",
+        *(["readers: GET /events/{id} (p99 ms)"] if result.get("reads") is not None else []),
     ):
         say(f"{key}: {table[key]}")
     say(cpu.generator_sentence(meter.split, args.tool, report.SERVED, report.SERVED_TEXT))
