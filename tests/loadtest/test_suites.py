@@ -40,10 +40,14 @@ def _run(
 @pytest.mark.slow
 def test_k6_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dict[str, str]) -> None:
     done, results = _run(
-        tmp_path, service_env, "--rate", "400", "--duration", "3s", "--quantity", "600", "--p99-ms", "500"
+        tmp_path,
+        service_env,
+        *("--rate", "400", "--duration", "3s", "--quantity", "600", "--p99-ms", "500", "--read-rate", "300"),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The readers' requests (READ_RATE) are counted apart from the issue route's.
     assert results["issued"] == 600 and results["sold_out"] == results["requests"] - 600
+    assert results["reads"] > 0
     assert results["failed"] == 0 and results["other"] == 0 and results["passed"] is True
     report = (results["dir"] / "results.md").read_text()
     assert "Verdict: **PASS**" in report and "| over-issue | 0 |" in report
@@ -51,6 +55,7 @@ def test_k6_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dict[st
     for processes in ("generator (k6)", "service (its workers", "Redis", "PostgreSQL", "the whole machine"):
         assert f"| {processes}" in report, report
     assert "The generator (k6) took" in report
+    assert "| readers: GET /events/{id} (p99 ms) |" in report
     assert (results["dir"] / "chart.png").stat().st_size > 10_000
 
 
