@@ -41,6 +41,9 @@ class RedisEventState:
     ends_at_us: int | None
     issued: int
     records: int
+    # The keys are whole, as the issue script checks: seq present, records never above it,
+    # none missing while it is above 0. Redis then holds every issue of the event.
+    whole: bool = True
 
 
 class RedisEvents:
@@ -60,6 +63,8 @@ class RedisEvents:
         self._others = asyncio.Semaphore(other_calls)
         self._lane = Lane(link, other_calls) if read_lane and link.cluster is None else None
         self._reading: dict[int, asyncio.Task[RedisEventState]] = {}
+        self._asked: dict[int, dict[str, list[asyncio.Future[str | None]]]] = {}
+        self._asking: dict[int, asyncio.Task[None]] = {}  # held: a task nobody holds can vanish
 
     async def warm(self) -> None:
         if self._lane is not None:
@@ -116,6 +121,7 @@ class RedisEvents:
             ends_at_us=_int(ends_at),
             issued=int(seq or 0),
             records=int(records),
+            whole=seq is not None and int(records) <= int(seq) and (int(seq) == 0 or int(records) > 0),
         )
 
     async def shared_state(self, event_id: int) -> RedisEventState:
@@ -140,18 +146,50 @@ class RedisEvents:
 
     async def issue_of(self, event_id: int, user_id: str) -> tuple[tuple[int, int] | None, bool]:
         """The user's (ordinal, issued_at_us) in Redis, and whether Redis holds every issue
-        of the event: it is open there and its keys are whole (the issue script's test), so
-        a missing record means the user holds no coupon. A user who holds one costs one
-        command; one who does not, a second round trip for the event's keys."""
-        keys = self.keys.event(event_id)
-        (value,) = await self._read(("HGET", keys.users, user_id))
+        of the event (open there, keys whole), so that a missing record means the user holds
+        no coupon. Users asking about one event at once share one HMGET; the event's keys
+        are read only for a user without a record, and shared as ``shared_state`` is."""
+        value = await self._record_value(event_id, user_id)
         if value is not None:
             return parse_record(str(value)), True
-        status, seq, records = await self._read(
-            ("HGET", keys.meta, "status"), ("GET", keys.seq), ("HLEN", keys.users)
-        )
-        whole = seq is not None and int(records) <= int(seq) and (int(seq) == 0 or int(records) > 0)
-        return None, status == "open" and whole
+        state = await self.shared_state(event_id)
+        return None, state.status == "open" and state.whole
+
+    async def _record_value(self, event_id: int, user_id: str) -> str | None:
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(event_id, {}).setdefault(user_id, []).append(future)
+        if event_id not in self._asking:
+            self._asking[event_id] = asyncio.get_running_loop().create_task(self._read_records(event_id))
+        return await future
+
+    async def _read_records(self, event_id: int) -> None:
+        """One HMGET per round trip for every user asked about meanwhile, as concurrent
+        issues share one decision; runs until nobody is waiting."""
+        users_key = self.keys.event(event_id).users
+        try:
+            while batch := self._asked.pop(event_id, None):
+                users = list(batch)
+                try:
+                    (values,) = await self._read(("HMGET", users_key, *users))
+                except BaseException as exc:  # every waiter gets the failure (503)
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for user, value in zip(users, values, strict=True):
+                    for future in batch[user]:
+                        if not future.done():
+                            future.set_result(value)
+        finally:
+            # No await since the last pop found nobody: no request can be left waiting,
+            # unless this task itself was cancelled (the worker stops).
+            del self._asking[event_id]
+            for futures in self._asked.pop(event_id, {}).values():
+                for future in futures:
+                    future.cancel()
 
     async def _read(self, *commands: tuple[str, ...]) -> list[Any]:
         if self._lane is not None:
