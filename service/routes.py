@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request
 
@@ -16,7 +19,7 @@ from .http import json
 from .instrument import observed
 from .metrics import exposition
 from .runtime import Worker, worker_of
-from .timefmt import iso, iso_us, now_utc, to_us
+from .timefmt import iso, iso_us, to_us
 
 logger = logging.getLogger(__name__)
 
@@ -52,34 +55,59 @@ async def event(request: Request, event_id: str) -> HTTPResponse:
         issued = state.issued
     else:  # not in Redis: closed, never opened, or being recovered
         issued = await store.issue_count(ctx.pool, event)
+    page = _page(row)
     remaining = max(0, row.quantity - issued)
     return json(
-        {
+        {**page.fields, "status": _public_status(page, state.status, remaining), "remaining": remaining}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """What an event's page shows that only its row decides, made once per row read."""
+
+    row: store.EventRow
+    fields: dict[str, Any]
+    starts_at_us: int
+    ends_at_us: int | None
+
+
+_pages: dict[int, _Page] = {}
+_MAX_PAGES = 10_000  # as many as the event directory keeps
+
+
+def _page(row: store.EventRow) -> _Page:
+    page = _pages.get(row.id)
+    if page is None or page.row is not row:  # the directory read the row again
+        if len(_pages) >= _MAX_PAGES:
+            _pages.clear()
+        fields = {
             "id": row.id,
             "name": row.name,
-            "status": _public_status(row.status, state.status, row, remaining),
             "quantity": row.quantity,
-            "remaining": remaining,
             "starts_at": iso(row.starts_at),
             "ends_at": iso(row.ends_at),
             "coupon": row.coupon,
         }
-    )
+        ends_at_us = None if row.ends_at is None else to_us(row.ends_at)
+        page = _pages[row.id] = _Page(row, fields, to_us(row.starts_at), ends_at_us)
+    return page
 
 
-def _public_status(stored: str, live: str | None, row: store.EventRow, remaining: int) -> str:
+def _public_status(page: _Page, live: str | None, remaining: int) -> str:
     """What a shopper sees: created, scheduled, open, sold_out, ended, closed or unavailable.
 
-    ``stored`` may be up to EVENT_CACHE_MS old; ``live`` (Redis) is not, and wins where the
-    two can disagree."""
+    The stored status may be up to EVENT_CACHE_MS old; ``live`` (Redis) is not, and wins
+    where the two can disagree."""
+    stored = page.row.status
     if stored == "closed" or live == "closed":
         return "closed"
     if live is None or live == "syncing":
         return "created" if stored == "created" else "unavailable"
-    now_us = to_us(now_utc())
-    if now_us < to_us(row.starts_at):
+    now_us = time.time_ns() // 1000
+    if now_us < page.starts_at_us:
         return "scheduled"
-    if row.ends_at is not None and now_us >= to_us(row.ends_at):
+    if page.ends_at_us is not None and now_us >= page.ends_at_us:
         return "ended"
     return "sold_out" if remaining == 0 else "open"
 
