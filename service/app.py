@@ -77,9 +77,13 @@ def create_app(settings: Settings, namespace: str) -> App:
 
 
 async def _stop(app: App) -> None:
-    closer = getattr(app.ctx, "closer", None)
-    if closer is not None:
-        closer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await closer
-    await app.ctx.stack.aclose()
+    # Idle connections keep being closed while the parts stop: a request arriving on one
+    # meanwhile would otherwise reach a worker whose buffer is draining.
+    try:
+        await app.ctx.stack.aclose()
+    finally:
+        closer = getattr(app.ctx, "closer", None)
+        if closer is not None:
+            closer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closer

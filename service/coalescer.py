@@ -27,6 +27,8 @@ class Coalescer(Generic[Result]):
         self._inflight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the worker stops: what is submitted later is not decided (see close).
+        self.closed = False
         # Bound on first use. asyncio.get_running_loop() costs a getpid() system call per
         # call on Python 3.11, several microseconds a request under load (py-spy --native).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -36,6 +38,8 @@ class Coalescer(Generic[Result]):
         return sum(len(batch) for batch in self._pending.values())
 
     def submit(self, event_id: int, user_id: str) -> asyncio.Future[Result]:
+        if self.closed:
+            raise RuntimeError("the coalescer is closed: the worker is stopping")
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -90,6 +94,11 @@ class Coalescer(Generic[Result]):
             self._schedule(self._loop)
 
     async def close(self) -> None:
-        """Wait for the decisions under way: their issues must reach the buffer (I4)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Refuse what comes next, and wait for the decisions under way and those already
+        queued: their issues must reach the buffer before the writer drains it (I4)."""
+        self.closed = True
+        while self._tasks or self._pending:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # a dispatch is scheduled for the next turn

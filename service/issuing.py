@@ -140,6 +140,10 @@ class Issuer:
         """Issue one coupon: returns (ordinal, issued_at as ISO 8601) or raises the refusal."""
         if self._sold_out.is_set(event_id):
             raise SoldOut()
+        if self.coalescer.closed:
+            # A request that reached this worker after its drain began (on a kept-alive
+            # connection): deciding it now could answer 201 for a row nobody stores.
+            raise Unavailable("this worker is stopping; retry")
         outcome, issued_at = await self.coalescer.submit(event_id, user_id)
         if outcome > 0:
             return outcome, issued_at
