@@ -55,7 +55,8 @@ def _request(url: str, method: str = "GET", body: dict[str, object] | None = Non
     request.add_header("Authorization", f"Bearer {TOKEN}")
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
+        answer: dict[str, object] = json.loads(response.read() or b"{}")
+        return answer
 
 
 def _start_service(

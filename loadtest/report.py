@@ -186,11 +186,13 @@ def results_markdown(facts: Mapping[str, object], cpu_lines: list[str]) -> str:
     lines = [f"# Load run {facts['started']}", ""]
     lines += [f"- command: `{facts['command']}`", f"- machine: {facts['machine']}", ""]
     lines += ["| measure | value |", "|---|---|"]
-    for key, value in facts["table"].items():  # type: ignore[attr-defined]
-        lines.append(f"| {key} | {value} |")
+    table = facts["table"]
+    if isinstance(table, Mapping):
+        lines += [f"| {key} | {value} |" for key, value in table.items()]
     lines += ["", *cpu_lines]
     lines += ["", f"Verdict: **{facts['verdict']}**", ""]
-    if facts.get("breaches"):
-        lines += [f"- {breach}" for breach in facts["breaches"]]  # type: ignore[attr-defined]
+    breaches = facts.get("breaches")
+    if isinstance(breaches, list):
+        lines += [f"- {breach}" for breach in breaches]
     lines += ["", "![requests, latency and issued over time](chart.png)", ""]
     return "\n".join(lines)

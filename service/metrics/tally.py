@@ -6,8 +6,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
+
+
+class _Value(Protocol):
+    """prometheus-client's value behind a metric child (``_value``, a histogram bucket)."""
+
+    def inc(self, amount: float) -> None: ...
 
 
 class Tally:
@@ -26,7 +33,7 @@ class Tally:
     FLUSH_S = 0.25
 
     def __init__(self) -> None:
-        self._pending: dict[object, float] = {}
+        self._pending: dict[_Value, float] = {}
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
 
     def gauge(self, gauge: Gauge, read: Callable[[], float]) -> None:
@@ -48,7 +55,7 @@ class Tally:
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for value, amount in pending.items():
-            value.inc(amount)  # type: ignore[attr-defined]
+            value.inc(amount)
         for gauge, read in self._gauges:
             gauge.set(read())
 
