@@ -10,10 +10,10 @@ from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from .keys import Keyspace
-from .redis_link import Lane, RedisLink, pack_command
+from .redis_link import Lane, RedisLink, exchange
 
 
 class Outcome(enum.IntEnum):
@@ -149,16 +149,7 @@ class RedisDecisions:
             await connection.connect()
             if self._admit is not None:
                 self._admit(node.name)
-            await connection.send_packed_command(
-                b"".join(pack_command(command) for command in commands),
-                check_health=False,
-            )
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            replies = await exchange(connection, commands)
         except (RuntimeError, AttributeError) as exc:
             # RuntimeError: uvloop on a peer that just died. AttributeError: a slot-map
             # refresh closed this node's connections, this one mid-send (its writer gone).

@@ -103,6 +103,21 @@ def closed_by_peer(connection: AbstractConnection) -> bool:
     return reader is not None and reader.at_eof()
 
 
+async def exchange(connection: AbstractConnection, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
+    """Send the commands packed in one write and read their replies in order; an error
+    reply is returned, not raised, so every reply is read and the connection stays in step."""
+    await connection.send_packed_command(
+        b"".join(pack_command(command) for command in commands), check_health=False
+    )
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 class RedisLink:
     """One client with the service's scripts registered on it and, on a cluster, its slot
     map kept fresh."""
@@ -211,8 +226,7 @@ class Lane:
             await connection.disconnect()
 
     async def call(self, *commands: tuple[str | int, ...]) -> list[Any]:
-        """The commands' replies in order; an error reply is returned, not raised, so every
-        reply is read and the connection stays in step."""
+        """The commands' replies in order (see ``exchange``)."""
         async with self._slots:
             connection = self._idle.pop() if self._idle else self._class(**self._kwargs)
             if closed_by_peer(connection):
@@ -220,15 +234,7 @@ class Lane:
                 await connection.disconnect(nowait=True)
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await connection.send_packed_command(
-                        b"".join(pack_command(command) for command in commands), check_health=False
-                    )
-                    replies: list[Any] = []
-                    for _ in commands:
-                        try:
-                            replies.append(await connection.read_response())
-                        except ResponseError as exc:
-                            replies.append(exc)
+                    replies = await exchange(connection, commands)
             except RuntimeError as exc:
                 await connection.disconnect(nowait=True)
                 raise self._link.lost(exc) from exc
