@@ -1,9 +1,11 @@
 """Joins the issue requests that arrive together in a worker into one decision per event.
 
 The first request of an event in a loop turn schedules a dispatch for the next turn, so an
-idle loop adds no wait. At most ``max_inflight`` decisions run at once; requests arriving
-meanwhile queue and leave together when one returns, so batches grow with load and the
-number of Redis connections stays bounded however many requests are in flight.
+idle loop adds no wait. One decision per event is in flight at a time, and at most
+``max_inflight`` in all; requests arriving meanwhile queue and leave together when their
+event's decision returns, so batches grow with load (a Redis round trip and a script call
+shared, where a moderate rate would otherwise pay one per request) and the number of Redis
+connections stays bounded however many requests are in flight.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Coalescer(Generic[Result]):
         self._max_inflight = max_inflight
         self._pending: dict[int, list[tuple[str, asyncio.Future[Result]]]] = {}
         self._inflight = 0
+        self._deciding: set[int] = set()  # events with a decision in flight
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Set when the worker stops: what is submitted later is not decided (see close).
@@ -49,7 +52,8 @@ class Coalescer(Generic[Result]):
             self._pending[event_id] = [(user_id, future)]
         else:
             batch.append((user_id, future))
-        self._schedule(loop)
+        if event_id not in self._deciding:  # else its decision's return dispatches it
+            self._schedule(loop)
         return future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -61,14 +65,18 @@ class Coalescer(Generic[Result]):
         self._scheduled = False
         loop = self._loop
         assert loop is not None
-        while self._pending and self._inflight < self._max_inflight:
-            event_id = next(iter(self._pending))
+        for event_id in list(self._pending):
+            if self._inflight >= self._max_inflight:
+                break
+            if event_id in self._deciding:
+                continue
             waiting = self._pending.pop(event_id)
             batch = waiting[: self._max_batch]
             if len(waiting) > self._max_batch:
                 # Back of the line: events take turns when several are busy.
                 self._pending[event_id] = waiting[self._max_batch :]
             self._inflight += 1
+            self._deciding.add(event_id)
             task = loop.create_task(self._run(event_id, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -90,6 +98,7 @@ class Coalescer(Generic[Result]):
                     future.set_result(result)
         finally:
             self._inflight -= 1
+            self._deciding.discard(event_id)
             assert self._loop is not None
             self._schedule(self._loop)
 

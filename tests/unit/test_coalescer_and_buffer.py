@@ -36,8 +36,30 @@ async def test_batches_are_bounded_and_inflight_decisions_too() -> None:
         return [1] * len(users)
 
     coalescer: Coalescer[int] = Coalescer(decide, max_batch=10, max_inflight=2)
-    await asyncio.gather(*(coalescer.submit(7, str(n)) for n in range(95)))
+    await asyncio.gather(*(coalescer.submit(7 + n % 3, str(n)) for n in range(95)))
     assert most == 2 and max(sizes) == 10 and sum(sizes) == 95
+
+
+async def test_an_event_has_one_decision_in_flight_and_the_requests_meanwhile_share_the_next() -> None:
+    release = asyncio.Event()
+    calls: list[list[str]] = []
+
+    async def decide(event_id: int, users: list[str]) -> list[int]:
+        calls.append(users)
+        await release.wait()
+        return [1] * len(users)
+
+    coalescer: Coalescer[int] = Coalescer(decide, max_batch=100, max_inflight=4)
+    first = coalescer.submit(1, "a")
+    await asyncio.sleep(0)  # the first decision leaves
+    later = []
+    for n in range(5):  # each in a loop turn of its own, all while "a" is being decided
+        later.append(coalescer.submit(1, f"b{n}"))
+        await asyncio.sleep(0)
+    assert calls == [["a"]]
+    release.set()
+    assert await asyncio.gather(first, *later) == [1] * 6
+    assert calls == [["a"], ["b0", "b1", "b2", "b3", "b4"]]
 
 
 async def test_a_failed_decision_fails_every_request_of_its_batch() -> None:
