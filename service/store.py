@@ -77,6 +77,23 @@ async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
     return None if row is None else _event(row)
 
 
+async def list_events(
+    pool: asyncpg.Pool, *, status: str | None, before_id: int | None, limit: int
+) -> list[EventRow]:
+    """Events newest first (by id: an identity column, so a later event has a larger id),
+    at most ``limit``, with ids below ``before_id`` if given, of one status if given."""
+    rows = await pool.fetch(
+        "SELECT e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon"
+        " FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id"
+        " WHERE ($1::text IS NULL OR e.status = $1) AND ($2::bigint IS NULL OR e.id < $2)"
+        " ORDER BY e.id DESC LIMIT $3",
+        status,
+        before_id,
+        limit,
+    )
+    return [_event(row) for row in rows]
+
+
 async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
     await pool.execute("UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status)
 
@@ -118,6 +135,16 @@ async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -
         "SELECT count(*) FROM coupon_issues WHERE event_id = $1 AND ordinal <= $2", event_id, ordinal
     )
     return count
+
+
+async def issued_at_of(pool: asyncpg.Pool, event_id: int, ordinals: Sequence[int]) -> dict[int, datetime]:
+    """ordinal -> issued_at of the stored issues among ``ordinals`` (index lookups)."""
+    rows = await pool.fetch(
+        "SELECT ordinal, issued_at FROM coupon_issues WHERE event_id = $1 AND ordinal = ANY($2::bigint[])",
+        event_id,
+        list(ordinals),
+    )
+    return {row["ordinal"]: row["issued_at"] for row in rows}
 
 
 async def issue_ordinals(pool: asyncpg.Pool, event_id: int) -> dict[str, int]:
