@@ -151,7 +151,8 @@ def render(state: WatchState, now: float) -> RenderableType:
         return Group(*lines)
     report = live["report"]
     quantity, issued = report["quantity"], report["issued_redis"]
-    bar = Table.grid(padding=(0, 1))
+    bar = Table.grid(padding=(0, 2))
+    bar.add_column(style="dim", min_width=11)
     bar.add_row(
         "issued",
         ProgressBar(total=quantity, completed=issued or 0, width=40),
@@ -164,14 +165,13 @@ def render(state: WatchState, now: float) -> RenderableType:
     figures.add_column(style="dim")
     figures.add_column()
     rates = state.rates()
-    figures.add_row(
-        f"answers/s (last {WINDOW_S:g} s, this host, every event)",
-        "  ".join(f"{label} {'-' if rates is None else f'{rates[name]:,.0f}'}" for name, label in OUTCOMES),
-    )
-    figures.add_row(
-        f"issue route (last {WINDOW_S:g} s)",
-        f"p50 {_ms(state.quantile(0.5))}  p99 {_ms(state.quantile(0.99))}",
-    )
+    answers = Table.grid(padding=(0, 2))
+    for _ in OUTCOMES:
+        answers.add_column(justify="right")
+    answers.add_row(*(Text(label, style="dim") for _, label in OUTCOMES))
+    answers.add_row(*("-" if rates is None else f"{rates[name]:,.0f}" for name, _ in OUTCOMES))
+    figures.add_row("answers/s", answers)
+    figures.add_row("issue route", f"p50 {_ms(state.quantile(0.5))}  p99 {_ms(state.quantile(0.99))}")
     figures.add_row(
         "rows",
         f"stored {report['rows_stored']:,}  buffered {report['rows_buffered']:,}  "
@@ -194,6 +194,12 @@ def render(state: WatchState, now: float) -> RenderableType:
     else:
         figures.add_row("sold out", "-")
     lines.append(figures)
+    lines.append(
+        Text(
+            f"answers/s, p50, p99: the last {WINDOW_S:g} s, this host's workers, all events",
+            style="dim",
+        )
+    )
     lines.append(Text(f"as of {live['now'][11:23]} UTC · Ctrl-C stops", style="dim"))
     return Group(*lines)
 
