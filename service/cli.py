@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     listing.add_argument(
         "--json", action="store_true", help="JSON (the default when stdout is not a terminal)"
     )
+    listing.add_argument("--quiet", "-q", action="store_true", help="the ids alone, one a line")
     watch = commands.add_parser("watch", help="a live view of one event (Ctrl-C stops it)")
     watch.add_argument("event_id", type=int)
     watch.add_argument(
@@ -108,7 +109,7 @@ def _admin(client: AdminClient, args: argparse.Namespace) -> None:
         else:
             _print(created)
     elif args.command == "list":
-        _list(client, args.status, args.limit, args.json or not sys.stdout.isatty())
+        _list(client, args.status, args.limit, "ids" if args.quiet else "json" if args.json else "table")
     elif args.command == "watch":
         from .watch import watch
 
@@ -119,8 +120,9 @@ def _admin(client: AdminClient, args: argparse.Namespace) -> None:
         _print(client.call("POST", f"/admin/events/{args.event_id}/{args.command}"))
 
 
-def _list(client: AdminClient, status: str | None, limit: int, as_json: bool) -> None:
-    """Up to ``limit`` events, newest first, a page of at most 200 at a time."""
+def _list(client: AdminClient, status: str | None, limit: int, shown_as: str) -> None:
+    """Up to ``limit`` events, newest first, a page of at most 200 at a time: their ids, JSON,
+    or a table (JSON when stdout is not a terminal)."""
     events: list[dict[str, Any]] = []
     cursor: str | None = None
     while len(events) < limit:
@@ -134,7 +136,11 @@ def _list(client: AdminClient, status: str | None, limit: int, as_json: bool) ->
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    if as_json:
+    if shown_as == "ids":
+        for event in events:
+            print(event["id"])
+        return
+    if shown_as == "json" or not sys.stdout.isatty():
         _print({"events": events, "next_cursor": cursor})
         return
     from rich.console import Console

@@ -70,6 +70,8 @@ async def test_create_quiet_prints_the_id_alone_and_list_finds_it(service: Servi
         "ends_at": None,
     }
     assert len(page["events"]) <= 3 and all(event["status"] == "open" for event in page["events"])
+    newest = couponctl(service.url, "list", "--status", "open", "--limit", "2", "--quiet")
+    assert newest.stdout.splitlines() == [str(event["id"]) for event in page["events"][:2]]
 
 
 async def test_list_limit_pages_past_the_largest_api_page(service: ServiceProcess, api: Api) -> None:
