@@ -129,6 +129,29 @@ async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
     return count
 
 
+_STORED_AFTER = """
+WITH tail AS (
+    SELECT ordinal, ordinal - $2::bigint - row_number() OVER (ORDER BY ordinal) AS gap
+    FROM coupon_issues WHERE event_id = $1 AND ordinal > $2::bigint
+)
+SELECT
+    ($2::bigint = 0 OR EXISTS (SELECT 1 FROM coupon_issues WHERE event_id = $1 AND ordinal = $2::bigint))
+        AS known_stored,
+    (SELECT count(*) FROM tail) AS stored,
+    (SELECT coalesce(max(ordinal), $2::bigint) FROM tail WHERE gap = 0) AS complete
+"""
+
+
+async def issue_count_after(pool: asyncpg.Pool, event_id: int, complete: int) -> tuple[int, int] | None:
+    """Given that ordinals 1..``complete`` of the event are all stored: (the stored issues with
+    higher ordinals, the highest ordinal up to which all are stored now). Reads only the rows
+    above ``complete``. None if ordinal ``complete`` is not stored (the premise is stale)."""
+    row = await pool.fetchrow(_STORED_AFTER, event_id, complete)
+    if not row["known_stored"]:
+        return None
+    return row["stored"], row["complete"]
+
+
 async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -> int:
     """Stored issues of the event with ordinals 1..``ordinal`` (an index-only count)."""
     count: int = await pool.fetchval(

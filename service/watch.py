@@ -151,13 +151,18 @@ def render(state: WatchState, now: float) -> RenderableType:
         return Group(*lines)
     report = live["report"]
     quantity, issued = report["quantity"], report["issued_redis"]
+    note = "" if issued is None else f"  {100 * issued / quantity:.1f}%"
+    if issued is None and report["status"] == "closed":
+        # Closing stored every issue Redis held, then deleted its keys: the rows are the count.
+        issued, note = report["rows_stored"], "  (closed: as stored)"
+    elif issued is None:
+        note = "  (Redis cannot say)"
     bar = Table.grid(padding=(0, 2))
     bar.add_column(style="dim", min_width=11)
     bar.add_row(
         "issued",
         ProgressBar(total=quantity, completed=issued or 0, width=40),
-        f"{_count(issued)} / {quantity:,}"
-        + ("  (Redis cannot say)" if issued is None else f"  {100 * issued / quantity:.1f}%"),
+        f"{_count(issued)} / {quantity:,}{note}",
     )
     lines.append(bar)
 
@@ -172,10 +177,9 @@ def render(state: WatchState, now: float) -> RenderableType:
     answers.add_row(*("-" if rates is None else f"{rates[name]:,.0f}" for name, _ in OUTCOMES))
     figures.add_row("answers/s", answers)
     figures.add_row("issue route", f"p50 {_ms(state.quantile(0.5))}  p99 {_ms(state.quantile(0.99))}")
+    drift = "-" if report["drift"] is None and report["status"] == "closed" else _count(report["drift"])
     figures.add_row(
-        "rows",
-        f"stored {report['rows_stored']:,}  buffered {report['rows_buffered']:,}  "
-        f"drift {_count(report['drift'])}",
+        "rows", f"stored {report['rows_stored']:,}  buffered {report['rows_buffered']:,}  drift {drift}"
     )
     checks = live["checks"] if state.failure is None else {}
     readiness = Text()
