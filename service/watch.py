@@ -154,7 +154,7 @@ def render(state: WatchState, now: float) -> RenderableType:
     note = "" if issued is None else f"  {100 * issued / quantity:.1f}%"
     if issued is None and report["status"] == "closed":
         # Closing stored every issue Redis held, then deleted its keys: the rows are the count.
-        issued, note = report["rows_stored"], "  (closed: as stored)"
+        issued, note = report["rows_stored"], "  (stored)"
     elif issued is None:
         note = "  (Redis cannot say)"
     bar = Table.grid(padding=(0, 2))
