@@ -99,5 +99,5 @@ async def event_live_view(request: Request, event_id: str) -> HTTPResponse:
     this host's answers and latency buckets (cumulative: the client diffs them), readiness."""
     ctx = worker_of(request)
     live = await event_live(ctx.pool, ctx.lifecycle, validation.event_id(event_id))
-    checks = await readiness(ctx)
+    checks = await readiness(ctx, read_eviction=False)
     return json({**live, "checks": checks, "workers": len(ctx.board.slots()), "now": iso(now_utc())})

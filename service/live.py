@@ -67,24 +67,24 @@ async def event_live(pool: asyncpg.Pool, lifecycle: Lifecycle, event_id: int) ->
     quantity = report["quantity"]
     moments = await store.issued_at_of(pool, event_id, sorted({1, quantity}))
     answers = dict.fromkeys(counted.OUTCOMES, 0)
+    own_counts: dict[float, float] = {}
+    seconds_sum = 0.0
+    for (sample, labels), value in exposition.summed((_ISSUE_REQUESTS, _ISSUE_DURATION)).items():
+        if sample == f"{_ISSUE_REQUESTS}_total":
+            answers[dict(labels)["outcome"]] = int(value)
+        elif sample == f"{_ISSUE_DURATION}_bucket":
+            own_counts[float(dict(labels)["le"])] = value
+        elif sample == f"{_ISSUE_DURATION}_sum":
+            seconds_sum = value
     buckets: list[list[float | str]] = []
-    seconds = {"count": 0.0, "sum": 0.0}
-    for family in exposition.merged({_ISSUE_REQUESTS, _ISSUE_DURATION}):
-        for sample in family.samples:
-            if sample.name == f"{_ISSUE_REQUESTS}_total":
-                answers[sample.labels["outcome"]] = int(sample.value)
-            elif sample.name == f"{_ISSUE_DURATION}_bucket":
-                bound = float(sample.labels["le"])
-                buckets.append(["+Inf" if math.isinf(bound) else bound, int(sample.value)])
-            elif sample.name == f"{_ISSUE_DURATION}_count":
-                seconds["count"] = sample.value
-            elif sample.name == f"{_ISSUE_DURATION}_sum":
-                seconds["sum"] = sample.value
-    buckets.sort(key=lambda bucket: math.inf if bucket[0] == "+Inf" else float(bucket[0]))
+    total = 0
+    for bound in sorted(own_counts):  # cumulative, as a scrape shows them
+        total += int(own_counts[bound])
+        buckets.append(["+Inf" if math.isinf(bound) else bound, total])
     return {
         "report": report,
         "first_issued_at": iso(moments.get(1)),
         "sold_out_at": iso(moments.get(quantity)),
         "answers": answers,
-        "issue_seconds": {"buckets": buckets, "count": int(seconds["count"]), "sum": seconds["sum"]},
+        "issue_seconds": {"buckets": buckets, "count": total, "sum": seconds_sum},
     }

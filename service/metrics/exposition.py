@@ -8,9 +8,11 @@ import asyncio
 import functools
 import gc
 import glob
+import json
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue, MutexValue
@@ -135,24 +138,40 @@ def render(extra: list[Metric]) -> bytes:
         registry.unregister(snapshot)
 
 
-def merged(names: set[str]) -> list[Metric]:
-    """The counters and histograms named (as made, e.g. ``coupon_issue_requests``) summed
-    over this host's workers, as a scrape would see them; this worker's pending samples
-    are written first, the others' are at most ``Tally.FLUSH_S`` late. Reads only the
-    counter and histogram files: what a scrape reads, less the gauges."""
+Labels = tuple[tuple[str, str], ...]
+
+
+def summed(names: tuple[str, ...]) -> dict[tuple[str, Labels], float]:
+    """The samples of the counters and histograms named (as made, e.g.
+    ``coupon_issue_requests``), summed over this host's workers as a scrape sums them, keyed
+    by (sample name, sorted labels). Histogram buckets are as the files keep them: each
+    bucket's own count, not cumulative. This worker's pending samples are written first;
+    the others' are at most ``Tally.FLUSH_S`` late.
+
+    What ``/metrics`` does for these alone: a scrape parses and merges every sample of every
+    metric (about 3 ms of a worker's CPU here); this skips the others unparsed."""
     tally.flush()
-    if multiprocess_enabled():
-        directory = os.environ[ENV]
-        files = [
-            *glob.glob(os.path.join(directory, "counter_*.db")),
-            *glob.glob(os.path.join(directory, "histogram_*.db")),
-        ]
-        families: list[Metric] = list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
-    else:  # a single process (tests, an embedded app): its own default registry
+    sums: dict[tuple[str, Labels], float] = defaultdict(float)
+    if not multiprocess_enabled():  # a single process (tests, an embedded app)
         from prometheus_client import REGISTRY
 
-        families = list(REGISTRY.collect())
-    return [family for family in families if family.name in names]
+        for family in REGISTRY.collect():
+            if family.name in names:
+                below = 0.0  # a registry's buckets are cumulative: each one's own count is kept
+                for sample in family.samples:
+                    value = sample.value
+                    if sample.name.endswith("_bucket"):
+                        value, below = value - below, value
+                    sums[sample.name, tuple(sorted(sample.labels.items()))] += value
+        return sums
+    prefixes = tuple(f'["{name}"' for name in names)
+    directory = os.environ[ENV]
+    for path in (*glob.glob(f"{directory}/counter_*.db"), *glob.glob(f"{directory}/histogram_*.db")):
+        for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(path):
+            if key.startswith(prefixes):
+                _metric, sample, labels, _help = json.loads(key)
+                sums[sample, tuple(sorted(labels.items()))] += value
+    return sums
 
 
 @functools.cache
