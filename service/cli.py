@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     watch.add_argument(
         "--until-sold-out", action="store_true", help="stop once it sold out and all is stored"
     )
-    watch.add_argument("--interval", type=float, default=0.25, help="seconds between polls (default 0.25)")
+    watch.add_argument(
+        "--interval", type=_interval, default=0.25, help="seconds between polls (default 0.25)"
+    )
     for name, text in (
         ("open", "open an event (rebuilds its Redis state from PostgreSQL)"),
         ("close", "close an event: stop issuing, store everything, delete its Redis keys"),
@@ -145,6 +147,7 @@ def _list(client: AdminClient, status: str | None, limit: int, shown_as: str) ->
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     for column in ("id", "name", "status", "quantity", "remaining", "starts at", "ends at"):
@@ -153,7 +156,7 @@ def _list(client: AdminClient, status: str | None, limit: int, shown_as: str) ->
         remaining = event["remaining"]
         table.add_row(
             str(event["id"]),
-            event["name"],
+            Text(event["name"]),  # as written: an event's name is never read as markup
             event["status"],
             f"{event['quantity']:,}",
             "?" if remaining is None else f"{remaining:,}",
@@ -169,6 +172,16 @@ def _list(client: AdminClient, status: str | None, limit: int, shown_as: str) ->
 def _short_time(iso_text: str) -> str:
     """2026-11-24T20:35:23.015127Z as 2026-11-24 20:35:23Z."""
     return iso_text[:19].replace("T", " ") + "Z"
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"expected 0.05 to 60 seconds, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
