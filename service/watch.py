@@ -184,7 +184,11 @@ def render(state: WatchState, now: float) -> RenderableType:
     checks = live["checks"] if state.failure is None else {}
     readiness = Text()
     readiness.append("Redis ")
-    readiness.append_text(_check(checks.get("redis") and checks.get("scripts") and checks.get("verified")))
+    if checks.get("redis") and not (checks.get("scripts") and checks.get("verified")):
+        # It answers, but decides nothing until verified against PostgreSQL (after a restart).
+        readiness.append("verifying", style="yellow")
+    else:
+        readiness.append_text(_check(checks.get("redis")))
     readiness.append("   PostgreSQL ")
     readiness.append_text(_check(checks.get("postgres")))
     figures.add_row("readiness", readiness)
