@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 _sessions = itertools.count()
 
@@ -28,6 +29,7 @@ class Terminal:
         assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
         line = f"env {assignments} {shlex.join(command)}; echo exit=$?; sleep 600"
         self._run("new-session", "-d", "-s", "main", "-x", str(width), "-y", str(height), line)
+        self._socket = self._run("display-message", "-p", "#{socket_path}").strip()
 
     def _run(self, *args: str) -> str:
         done = subprocess.run([*self._tmux, *args], capture_output=True, text=True, timeout=10, check=True)
@@ -59,3 +61,5 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run([*self._tmux, "kill-server"], capture_output=True, timeout=10, check=False)
+        if self._socket:  # tmux leaves its socket behind
+            Path(self._socket).unlink(missing_ok=True)
