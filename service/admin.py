@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from urllib.parse import parse_qsl
 
 from sanic import Blueprint, HTTPResponse, Request
 
@@ -11,6 +12,8 @@ from .errors import Unauthorized
 from .http import json
 from .instrument import lifecycle_operation, observed
 from .lifecycle import Lifecycle
+from .live import event_list, event_live
+from .readiness import readiness
 from .runtime import worker_of
 from .timefmt import iso, now_utc
 
@@ -29,6 +32,14 @@ async def authorize(request: Request) -> None:
 
 def _lifecycle(request: Request) -> Lifecycle:
     return worker_of(request).lifecycle
+
+
+@admin.get("/events", name="list_events")
+@observed
+async def list_events(request: Request) -> HTTPResponse:
+    listing = validation.event_listing(parse_qsl(request.query_string, keep_blank_values=True))
+    ctx = worker_of(request)
+    return json(await event_list(ctx.pool, ctx.events, listing))
 
 
 @admin.post("/events", name="create_event")
@@ -79,3 +90,14 @@ async def sync_event(request: Request, event_id: str) -> HTTPResponse:
 async def event_report(request: Request, event_id: str) -> HTTPResponse:
     report = await _lifecycle(request).report(validation.event_id(event_id))
     return json(report.as_json())
+
+
+@admin.get("/events/<event_id:str>/live", name="event_live")
+@observed
+async def event_live_view(request: Request, event_id: str) -> HTTPResponse:
+    """What `couponctl watch` polls a few times a second: the report, the sale's moments,
+    this host's answers and latency buckets (cumulative: the client diffs them), readiness."""
+    ctx = worker_of(request)
+    live = await event_live(ctx.pool, ctx.lifecycle, validation.event_id(event_id))
+    checks = await readiness(ctx, read_eviction=False)
+    return json({**live, "checks": checks, "workers": len(ctx.board.slots()), "now": iso(now_utc())})

@@ -1,4 +1,5 @@
-"""`couponctl`: the admin CLI over the HTTP admin API, plus `migrate` and `check`."""
+"""`couponctl`: the admin CLI over the HTTP admin API (list, watch, create, open, close, sync,
+stats), plus `migrate`, `check` and `upgrade-keys`, which talk to the databases directly."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import asyncio
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Any
 
+from .client import AdminClient, ApiError
 from .config import ConfigError, StorageSettings
 
 _REDIS_HINT = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
@@ -38,6 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--coupon", help="the coupon as a JSON object, e.g. '{\"discount\": 10}'")
     create.add_argument("--open", action="store_true", help="open the event right away")
     create.add_argument("--quiet", "-q", action="store_true", help="print the new event's id alone")
+    listing = commands.add_parser("list", help="events, newest first")
+    listing.add_argument("--status", choices=("created", "open", "closed"), help="only events of this status")
+    listing.add_argument("--limit", type=_positive, default=50, help="events to list (default 50)")
+    listing.add_argument(
+        "--json", action="store_true", help="JSON (the default when stdout is not a terminal)"
+    )
+    listing.add_argument("--quiet", "-q", action="store_true", help="the ids alone, one a line")
+    watch = commands.add_parser("watch", help="a live view of one event (Ctrl-C stops it)")
+    watch.add_argument("event_id", type=int)
+    watch.add_argument(
+        "--until-sold-out", action="store_true", help="stop once it sold out and all is stored"
+    )
+    watch.add_argument(
+        "--interval", type=_interval, default=0.25, help="seconds between polls (default 0.25)"
+    )
     for name, text in (
         ("open", "open an event (rebuilds its Redis state from PostgreSQL)"),
         ("close", "close an event: stop issuing, store everything, delete its Redis keys"),
@@ -62,8 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "upgrade-keys":
         raise SystemExit(asyncio.run(_upgrade_keys(_storage())))
     if not args.token:
-        parser.error("the admin token is required: set ADMIN_TOKEN or pass --token")
-    client = _Client(args.url, args.token)
+        print("couponctl: the admin token is required: set ADMIN_TOKEN or pass --token", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        client = AdminClient(args.url, args.token)
+    except ValueError as exc:
+        raise SystemExit(f"couponctl: {exc}") from None
+    try:
+        _admin(client, args)
+    except ApiError as exc:
+        print(f"couponctl: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _admin(client: AdminClient, args: argparse.Namespace) -> None:
     if args.command == "create":
         body: dict[str, Any] = {"name": args.name, "quantity": args.quantity}
         if args.starts_at:
@@ -71,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.ends_at:
             body["ends_at"] = args.ends_at
         if args.coupon:
-            body["coupon"] = json.loads(args.coupon)
+            try:
+                body["coupon"] = json.loads(args.coupon)
+            except ValueError:
+                raise SystemExit(f"couponctl: --coupon is not JSON: {args.coupon!r}") from None
         created = client.call("POST", "/admin/events", body)
         if args.open:
             created = client.call("POST", f"/admin/events/{created['id']}/open")
@@ -79,38 +110,88 @@ def main(argv: list[str] | None = None) -> None:
             print(created["id"])
         else:
             _print(created)
+    elif args.command == "list":
+        _list(client, args.status, args.limit, "ids" if args.quiet else "json" if args.json else "table")
+    elif args.command == "watch":
+        from .watch import watch
+
+        raise SystemExit(watch(client, args.event_id, args.interval, args.until_sold_out))
     elif args.command == "stats":
         _print(client.call("GET", f"/admin/events/{args.event_id}"))
     else:
         _print(client.call("POST", f"/admin/events/{args.event_id}/{args.command}"))
 
 
-class _Client:
-    def __init__(self, url: str, token: str) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise SystemExit(f"couponctl: --url must be http:// or https://, got {url!r}")
-        self._url = url.rstrip("/")
-        self._token = token
+def _list(client: AdminClient, status: str | None, limit: int, shown_as: str) -> None:
+    """Up to ``limit`` events, newest first, a page of at most 200 at a time: their ids, JSON,
+    or a table (JSON when stdout is not a terminal)."""
+    events: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(events) < limit:
+        query = {"limit": str(min(200, limit - len(events)))}
+        if status:
+            query["status"] = status
+        if cursor:
+            query["cursor"] = cursor
+        page = client.call("GET", "/admin/events?" + urllib.parse.urlencode(query))
+        events += page["events"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    if shown_as == "ids":
+        for event in events:
+            print(event["id"])
+        return
+    if shown_as == "json" or not sys.stdout.isatty():
+        _print({"events": events, "next_cursor": cursor})
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self._url + path, data=data, method=method)  # noqa: S310 - scheme checked
-        request.add_header("Authorization", f"Bearer {self._token}")
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())["error"]
-                message = f"{exc.code} {err['code']}: {err['message']}"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code}"
-            print(f"couponctl: {method} {path} failed: {message}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except urllib.error.URLError as exc:
-            print(f"couponctl: cannot reach the service at {self._url}: {exc.reason}", file=sys.stderr)
-            raise SystemExit(1) from None
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "name", "status", "quantity", "remaining", "starts at", "ends at"):
+        table.add_column(column, justify="right" if column in ("id", "quantity", "remaining") else "left")
+    for event in events:
+        remaining = event["remaining"]
+        table.add_row(
+            str(event["id"]),
+            Text(event["name"]),  # as written: an event's name is never read as markup
+            event["status"],
+            f"{event['quantity']:,}",
+            "?" if remaining is None else f"{remaining:,}",
+            _short_time(event["starts_at"]),
+            _short_time(event["ends_at"]) if event["ends_at"] else "-",
+        )
+    console = Console()
+    console.print(table if events else "no events" + (f" with status {status}" if status else ""))
+    if cursor is not None:
+        console.print(f"(more events: raise --limit above {limit})", style="dim")
+
+
+def _short_time(iso_text: str) -> str:
+    """2026-11-24T20:35:23.015127Z as 2026-11-24 20:35:23Z."""
+    return iso_text[:19].replace("T", " ") + "Z"
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"expected 0.05 to 60 seconds, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _storage() -> StorageSettings:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# The statuses PostgreSQL stores (the events table's CHECK); what a shopper sees is derived.
+EVENT_STATUSES = ("created", "open", "closed")
+
 
 @dataclass(frozen=True)
 class EventSpec:

@@ -36,6 +36,7 @@ _RETRIED: tuple[type[BaseException], ...] = (ServiceError, *DEPENDENCY_FAILURES)
 # Long enough for a rebuild of a large event; the lock lapses if its holder dies.
 _LOCK_TTL_S = 120.0
 _SUSPECT_TRIES = 20
+_COMPLETE_PREFIXES_MAX = 10_000
 _SUSPECT_RETRY_S = 1.0
 
 
@@ -88,6 +89,10 @@ class Lifecycle:
         self._events = events
         self._board = board
         self._settings = settings
+        # Per event, an ordinal up to which every issue is stored: counting the rows above it
+        # suffices (rows are never deleted), so a report polled during a sale (couponctl
+        # watch) costs PostgreSQL the rows stored since the last poll, not all of them.
+        self._complete: dict[int, int] = {}
 
     def times(self, row: EventRow) -> EventTimes:
         ends_at_us = to_us(row.ends_at) if row.ends_at else 0
@@ -128,9 +133,21 @@ class Lifecycle:
             redis_status=state.status if state else None,
             issued_redis=state.issued if state and state.status else None,
             records_redis=state.records if state and state.status else None,
-            rows_stored=await store.issue_count(self._pool, event_id),
+            rows_stored=await self.rows_stored(event_id),
             rows_buffered=self._board.buffered_rows(),
         )
+
+    async def rows_stored(self, event_id: int) -> int:
+        """The event's rows in PostgreSQL, counted above the ordinal up to which all are stored."""
+        complete = self._complete.get(event_id, 0)
+        counted_after = await store.issue_count_after(self._pool, event_id, complete)
+        if counted_after is None:  # not this database's event any more (re-created): all again
+            complete, counted_after = 0, await store.issue_count_after(self._pool, event_id, 0)
+        above, now_complete = counted_after or (0, 0)
+        if len(self._complete) >= _COMPLETE_PREFIXES_MAX:
+            self._complete.clear()
+        self._complete[event_id] = now_complete
+        return complete + above
 
     async def store_recorded(
         self, event: EventRow, *, issued_before_us: int | None = None, where: str = "reconcile"

@@ -124,6 +124,19 @@ class RedisEvents:
             whole=seq is not None and int(records) <= int(seq) and (int(seq) == 0 or int(records) > 0),
         )
 
+    async def issued_of(self, event_ids: Sequence[int]) -> dict[int, int | None]:
+        """Per event, the ordinals Redis has handed out, or None where Redis holds no state
+        of it (never opened, closed, or lost): one batched read for all of them."""
+        commands: list[tuple[str, ...]] = []
+        for event_id in event_ids:
+            keys = self.keys.event(event_id)
+            commands += [("HGET", keys.meta, "status"), ("GET", keys.seq)]
+        replies = await self._read(*commands) if commands else []
+        return {
+            event_id: None if status is None else int(seq or 0)
+            for event_id, status, seq in zip(event_ids, replies[::2], replies[1::2], strict=True)
+        }
+
     async def shared_state(self, event_id: int) -> RedisEventState:
         """``state`` for readers that accept it up to one round trip old (a sale page
         polling the stock): the callers that ask while a read of the event is under way

@@ -14,10 +14,11 @@ from sanic import Blueprint, HTTPResponse, Request
 from . import store, validation
 from .auth import issuing_user
 from .errors import EventNotFound, IssueNotFound, Unavailable
-from .failures import DEPENDENCY_FAILURES, POSTGRES_FAILURES, REDIS_FAILURES
+from .failures import DEPENDENCY_FAILURES
 from .http import json
 from .instrument import observed
 from .metrics import exposition
+from .readiness import readiness
 from .runtime import Worker, worker_of
 from .timefmt import iso, iso_us, to_us
 
@@ -190,25 +191,7 @@ async def ready(request: Request) -> HTTPResponse:
     since it last changed, and cannot evict keys (or an operator accepted that it may), and
     PostgreSQL answers."""
     ctx = worker_of(request)
-    timeout_s = ctx.settings.redis_timeout_s
-    checks = {"redis": False, "scripts": False, "verified": False, "noeviction": False, "postgres": False}
-    try:
-        loaded = await asyncio.wait_for(ctx.redis.scripts_loaded(), timeout_s)
-        checks["redis"] = True
-        if not loaded:
-            await asyncio.wait_for(ctx.redis.load_scripts(), timeout_s)
-        checks["scripts"] = True
-        # Every Redis that decides was verified against PostgreSQL since it last changed.
-        checks["verified"] = ctx.trust.refusal is None and not ctx.trust.untrusted
-        await asyncio.wait_for(ctx.eviction.check(), timeout_s)
-        checks["noeviction"] = ctx.eviction.unsafe is None
-    except REDIS_FAILURES as exc:
-        logger.debug("not ready: Redis: %s", type(exc).__name__)
-    try:
-        await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), max(timeout_s, 1.0))
-        checks["postgres"] = True
-    except POSTGRES_FAILURES as exc:
-        logger.debug("not ready: PostgreSQL: %s", type(exc).__name__)
+    checks = await readiness(ctx)
     workers = len(ctx.board.slots())
     if all(checks.values()):
         return json({"status": "ready", "checks": checks, "workers": workers})

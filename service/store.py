@@ -77,6 +77,23 @@ async def event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
     return None if row is None else _event(row)
 
 
+async def list_events(
+    pool: asyncpg.Pool, *, status: str | None, before_id: int | None, limit: int
+) -> list[EventRow]:
+    """Events newest first (by id: an identity column, so a later event has a larger id),
+    at most ``limit``, with ids below ``before_id`` if given, of one status if given."""
+    rows = await pool.fetch(
+        "SELECT e.id, e.name, e.quantity, e.starts_at, e.ends_at, e.status, c.details AS coupon"
+        " FROM events e LEFT JOIN coupons c ON c.id = e.coupon_id"
+        " WHERE ($1::text IS NULL OR e.status = $1) AND ($2::bigint IS NULL OR e.id < $2)"
+        " ORDER BY e.id DESC LIMIT $3",
+        status,
+        before_id,
+        limit,
+    )
+    return [_event(row) for row in rows]
+
+
 async def set_status(pool: asyncpg.Pool, event_id: int, status: str) -> None:
     await pool.execute("UPDATE events SET status = $2, updated_at = now() WHERE id = $1", event_id, status)
 
@@ -112,12 +129,45 @@ async def issue_count(pool: asyncpg.Pool, event_id: int) -> int:
     return count
 
 
+_STORED_AFTER = """
+WITH tail AS (
+    SELECT ordinal, ordinal - $2::bigint - row_number() OVER (ORDER BY ordinal) AS gap
+    FROM coupon_issues WHERE event_id = $1 AND ordinal > $2::bigint
+)
+SELECT
+    ($2::bigint = 0 OR EXISTS (SELECT 1 FROM coupon_issues WHERE event_id = $1 AND ordinal = $2::bigint))
+        AS known_stored,
+    (SELECT count(*) FROM tail) AS stored,
+    (SELECT coalesce(max(ordinal), $2::bigint) FROM tail WHERE gap = 0) AS complete
+"""
+
+
+async def issue_count_after(pool: asyncpg.Pool, event_id: int, complete: int) -> tuple[int, int] | None:
+    """Given that ordinals 1..``complete`` of the event are all stored: (the stored issues with
+    higher ordinals, the highest ordinal up to which all are stored now). Reads only the rows
+    above ``complete``. None if ordinal ``complete`` is not stored (the premise is stale)."""
+    row = await pool.fetchrow(_STORED_AFTER, event_id, complete)
+    if not row["known_stored"]:
+        return None
+    return row["stored"], row["complete"]
+
+
 async def issue_count_through(pool: asyncpg.Pool, event_id: int, ordinal: int) -> int:
     """Stored issues of the event with ordinals 1..``ordinal`` (an index-only count)."""
     count: int = await pool.fetchval(
         "SELECT count(*) FROM coupon_issues WHERE event_id = $1 AND ordinal <= $2", event_id, ordinal
     )
     return count
+
+
+async def issued_at_of(pool: asyncpg.Pool, event_id: int, ordinals: Sequence[int]) -> dict[int, datetime]:
+    """ordinal -> issued_at of the stored issues among ``ordinals`` (index lookups)."""
+    rows = await pool.fetch(
+        "SELECT ordinal, issued_at FROM coupon_issues WHERE event_id = $1 AND ordinal = ANY($2::bigint[])",
+        event_id,
+        list(ordinals),
+    )
+    return {row["ordinal"]: row["issued_at"] for row in rows}
 
 
 async def issue_ordinals(pool: asyncpg.Pool, event_id: int) -> dict[str, int]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from .errors import EventNotFound, InvalidRequest
-from .events import EventSpec
+from .events import EVENT_STATUSES, EventSpec
 
 MAX_INT64 = 2**63 - 1
 MAX_EVENT_ID = MAX_INT64
@@ -18,6 +20,10 @@ MAX_NAME_CHARS = 200
 MAX_COUPON_BYTES = 4096
 _USER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _EVENT_ID = re.compile(r"[1-9][0-9]{0,18}")
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 200
+_CURSOR_PREFIX = "before:"
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{2,40}")
 # Timestamps beyond this are absurd for a sale and would overflow µs arithmetic in Lua.
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
@@ -117,3 +123,51 @@ def _timestamp(value: object, field: str) -> datetime | None:
     if parsed >= _LATEST:
         raise InvalidRequest(f"{field} is too far in the future")
     return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class EventListing:
+    """A page of the event list: of one status or all, ids below ``before_id``, ``limit`` at most."""
+
+    status: str | None
+    before_id: int | None
+    limit: int
+
+
+def event_listing(query: list[tuple[str, str]]) -> EventListing:
+    """``GET /admin/events``'s query: ``status``, ``limit`` and ``cursor``, each at most once."""
+    seen: dict[str, str] = {}
+    for name, value in query:
+        if name not in ("status", "limit", "cursor"):
+            raise InvalidRequest(f"unknown query parameter {name[:40]!r}; known: status, limit, cursor")
+        if name in seen:
+            raise InvalidRequest(f"{name} is given more than once")
+        seen[name] = value
+    status = seen.get("status")
+    if status is not None and status not in EVENT_STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(EVENT_STATUSES)}")
+    raw_limit = seen.get("limit", str(LIST_LIMIT_DEFAULT))
+    if not re.fullmatch(r"[0-9]{1,4}", raw_limit) or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        raise InvalidRequest(f"limit must be an integer from 1 to {LIST_LIMIT_MAX}")
+    cursor = seen.get("cursor")
+    return EventListing(status, None if cursor is None else cursor_id(cursor), int(raw_limit))
+
+
+def cursor_of(last_id: int) -> str:
+    """The opaque cursor of the page after the one ending with event ``last_id``."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
+
+
+def cursor_id(cursor: str) -> int:
+    """The event id a cursor made by ``cursor_of`` stands for; anything else is refused."""
+    if _CURSOR.fullmatch(cursor) and len(cursor) % 4 != 1:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("latin-1")
+        raw = text.removeprefix(_CURSOR_PREFIX)
+        if (
+            raw != text
+            and _EVENT_ID.fullmatch(raw)
+            and int(raw) <= MAX_EVENT_ID
+            and cursor_of(int(raw)) == cursor
+        ):
+            return int(raw)
+    raise InvalidRequest("cursor is malformed: pass next_cursor as it was given")

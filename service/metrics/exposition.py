@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import glob
+import json
 import os
 import shutil
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue, MutexValue
@@ -132,6 +136,42 @@ def render(extra: list[Metric]) -> bytes:
         return generate_latest(registry)
     finally:
         registry.unregister(snapshot)
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def summed(names: tuple[str, ...]) -> dict[tuple[str, Labels], float]:
+    """The samples of the counters and histograms named (as made, e.g.
+    ``coupon_issue_requests``), summed over this host's workers as a scrape sums them, keyed
+    by (sample name, sorted labels). Histogram buckets are as the files keep them: each
+    bucket's own count, not cumulative. This worker's pending samples are written first;
+    the others' are at most ``Tally.FLUSH_S`` late.
+
+    What ``/metrics`` does for these alone: a scrape parses and merges every sample of every
+    metric (about 3 ms of a worker's CPU here); this skips the others unparsed."""
+    tally.flush()
+    sums: dict[tuple[str, Labels], float] = defaultdict(float)
+    if not multiprocess_enabled():  # a single process (tests, an embedded app)
+        from prometheus_client import REGISTRY
+
+        for family in REGISTRY.collect():
+            if family.name in names:
+                below = 0.0  # a registry's buckets are cumulative: each one's own count is kept
+                for sample in family.samples:
+                    value = sample.value
+                    if sample.name.endswith("_bucket"):
+                        value, below = value - below, value
+                    sums[sample.name, tuple(sorted(sample.labels.items()))] += value
+        return sums
+    prefixes = tuple(f'["{name}"' for name in names)
+    directory = os.environ[ENV]
+    for path in (*glob.glob(f"{directory}/counter_*.db"), *glob.glob(f"{directory}/histogram_*.db")):
+        for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(path):
+            if key.startswith(prefixes):
+                _metric, sample, labels, _help = json.loads(key)
+                sums[sample, tuple(sorted(labels.items()))] += value
+    return sums
 
 
 @functools.cache

@@ -79,3 +79,40 @@ def test_event_spec_defaults_and_window() -> None:
 def test_absurd_event_specs_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         _spec(**fields)
+
+
+@pytest.mark.parametrize("event_id", [1, 9, 10, 12345, 2**63 - 1])
+def test_a_cursor_stands_for_the_event_id_it_was_made_from(event_id: int) -> None:
+    cursor = validation.cursor_of(event_id)
+    assert validation.cursor_id(cursor) == event_id
+    assert validation.event_listing([("cursor", cursor)]).before_id == event_id
+
+
+def test_the_listing_defaults_to_every_status_from_the_newest_50() -> None:
+    assert validation.event_listing([]) == validation.EventListing(None, None, 50)
+    assert validation.event_listing([("status", "open"), ("limit", "200")]) == validation.EventListing(
+        "open", None, 200
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        [("status", "sold_out")],
+        [("limit", "0")],
+        [("limit", "201")],
+        [("limit", " 5")],
+        [("limit", "٣")],  # a digit, but not an ASCII one
+        [("cursor", validation.cursor_of(5) + "=")],
+        [("cursor", validation.cursor_of(5).upper())],
+        [("cursor", "a")],
+        [("cursor", "YmVmb3JlOjA")],  # before:0
+        [("cursor", "YmVmb3JlOjAx")],  # before:01, not as made
+        [("cursor", "x" * 41)],
+        [("limit", "1"), ("limit", "1")],
+        [("Status", "open")],
+    ],
+)
+def test_a_listing_query_it_does_not_understand_is_refused(query: list[tuple[str, str]]) -> None:
+    with pytest.raises(InvalidRequest):
+        validation.event_listing(query)
