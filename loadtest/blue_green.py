@@ -178,8 +178,10 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def start_k6(
-    stack: Stack, event_id: int, rate: int, duration: str, work_dir: Path
+    base_url: str, event_id: int, rate: int, duration: str, work_dir: Path
 ) -> subprocess.Popen[bytes]:
+    """k6 (loadtest/k6/issue.js) at `rate` issue requests a second, each from a new user, at
+    `base_url` (nginx); its summary goes to work_dir/summary.json (read_k6)."""
     command = [
         str(BIN / "k6"),
         "run",
@@ -187,7 +189,7 @@ def start_k6(
         "--summary-export",
         str(work_dir / "summary.json"),
         "-e",
-        f"BASE_URL={stack.nginx_url}",
+        f"BASE_URL={base_url}",
         "-e",
         f"EVENT_ID={event_id}",
         "-e",
@@ -263,7 +265,7 @@ def run(
         )
 
         load_s = seconds(duration)
-        k6 = start_k6(stack, outcome.event_id, rate, duration, work_dir)
+        k6 = start_k6(stack.nginx_url, outcome.event_id, rate, duration, work_dir)
         started = time.monotonic()
         time.sleep(min(5.0, load_s / 6))
         for colour in ("green", "blue"):

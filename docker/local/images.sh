@@ -4,10 +4,12 @@
 #   docker/local/images.sh            install what is missing, start dockerd, build what changed
 #   docker/local/images.sh daemon     only install and start dockerd
 #   docker/local/images.sh stop       stop the dockerd this script started (its pidfile)
+#   docker/local/images.sh mtu        the MTU dockerd is given (for the stack's network)
 #
 # 1. docker.io and mmdebstrap from Debian's packages when missing (as root; else it names them).
 # 2. dockerd, when no Docker socket answers: in the background, no systemd, with its pidfile
-#    and log in .tools/docker/ (overlay2, the MTU of the default route's interface).
+#    and log in .tools/docker/ (overlay2, the MTU of the default route's interface, published
+#    ports by NAT without docker-proxy).
 # 3. The local base: Debian bookworm (minbase, python3 with venv and pip, ca-certificates,
 #    curl) made by mmdebstrap, then `docker import`ed as coupon-local/base:bookworm.
 # 4. The other services from Debian's packages on that base (docker/local/Dockerfile):
@@ -48,6 +50,11 @@ die() {
     printf 'images: %s\n' "$*" >&2
     exit 1
 }
+# Exit 3: Docker cannot run on this machine at all (tests/containers skips, saying why).
+cannot_run() {
+    printf 'images: Docker cannot run here: %s\n' "$*" >&2
+    exit 3
+}
 
 install_missing() {
     local missing=()
@@ -59,24 +66,44 @@ install_missing() {
         apt-get update -qq
         RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debian_packages[@]}" >/dev/null
     else
-        die "missing ${missing[*]}; install with: sudo apt-get install -y ${debian_packages[*]}"
+        cannot_run "missing ${missing[*]}; install with: sudo apt-get install -y ${debian_packages[*]}"
     fi
 }
 
 daemon_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+# The MTU of the interface of the default route (1500 without one): containers' packets must
+# fit the host's path out.
+host_mtu() {
+    local iface
+    iface=$(ip route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')
+    if [[ -n $iface && -r /sys/class/net/$iface/mtu ]]; then cat "/sys/class/net/$iface/mtu"; else echo 1500; fi
+}
+
 start_daemon() {
     daemon_answers && return 0
-    local iface mtu=1500 deadline
-    iface=$(ip route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')
-    [[ -n $iface && -r /sys/class/net/$iface/mtu ]] && mtu=$(<"/sys/class/net/$iface/mtu")
-    [[ $(id -u) == 0 ]] || die "no Docker daemon answers and only root can start one (dockerd)"
-    say "starting dockerd (overlay2, MTU $mtu); log $state/dockerd.log"
-    setsid "$(command -v dockerd || echo /usr/sbin/dockerd)" --storage-driver=overlay2 --mtu "$mtu" \
-        --pidfile "$state/dockerd.pid" >>"$state/dockerd.log" 2>&1 </dev/null &
+    local mtu deadline pid
+    mtu=$(host_mtu)
+    [[ $(id -u) == 0 ]] || cannot_run "no Docker daemon answers and only root can start one (dockerd)"
+    say "starting dockerd (overlay2, MTU $mtu, no userland proxy); log $state/dockerd.log"
+    # --userland-proxy=false: published ports by NAT alone, also from 127.0.0.1 (docker-proxy
+    # copies every byte through a process of its own: a fifth of a CPU at 1,000 requests/s).
+    # The daemon outlives this script: it must hold none of the descriptors this script was
+    # given beyond stdio (a lock a caller holds, flock(1)'s, would be held as long as dockerd).
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-"; fi
+        done
+        exec setsid "$(command -v dockerd || echo /usr/sbin/dockerd)" --storage-driver=overlay2 --mtu "$mtu" \
+            --userland-proxy=false --pidfile "$state/dockerd.pid" >>"$state/dockerd.log" 2>&1 </dev/null
+    ) &
+    pid=$!
     deadline=$((SECONDS + 30))
     until daemon_answers; do
-        ((SECONDS < deadline)) || die "dockerd did not answer within 30 s; look at $state/dockerd.log"
+        if ((SECONDS >= deadline)) || ! kill -0 "$pid" 2>/dev/null; then
+            cannot_run "dockerd did not start ($(tail -n 1 "$state/dockerd.log")); its log: $state/dockerd.log"
+        fi
         sleep 0.3
     done
 }
@@ -182,6 +209,10 @@ main() {
         stop_daemon
         return
         ;;
+    mtu)
+        host_mtu
+        return
+        ;;
     daemon)
         install_missing
         start_daemon
@@ -189,7 +220,7 @@ main() {
         ;;
     all) ;;
     *)
-        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
         return 2
         ;;
     esac
