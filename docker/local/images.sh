@@ -140,7 +140,7 @@ label_of() { docker image inspect --format '{{index .Config.Labels "coupon.input
 files_hash() { (cd "$root" && find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16); }
 
 build_base() {
-    local hash tarball
+    local hash tarball partial
     hash=$(printf '%s\n' "$suite" "$mirror" "$base_include" "${base_options[@]}" | sha256sum | cut -c1-16)
     if [[ $(label_of "$base_image") == "$hash" && -z ${FORCE:-} ]]; then
         say "$base_image is up to date"
@@ -149,12 +149,14 @@ build_base() {
     tarball=$state/base-$hash.tar
     if [[ ! -s $tarball ]]; then
         say "building the base with mmdebstrap ($suite, minbase + $base_include), about a minute"
-        rm -f "$state"/base-*.tar
+        # mmdebstrap writes a tarball for a name ending in .tar (else a folder).
+        partial=$state/base-$hash.partial.tar
+        rm -rf "$state"/base-*.tar
         mmdebstrap --quiet --variant=minbase --include="$base_include" "${base_options[@]}" \
-            "$suite" "$tarball.part" \
+            "$suite" "$partial" \
             "deb $mirror $suite main" "deb $mirror $suite-updates main" \
             "deb ${mirror%/debian}/debian-security $suite-security main"
-        mv "$tarball.part" "$tarball"
+        mv "$partial" "$tarball"
     fi
     docker import --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' \
         --change "LABEL coupon.inputs=$hash" "$tarball" "$base_image" >/dev/null
@@ -164,7 +166,8 @@ build_base() {
 build_services() {
     local base_id hash target image
     base_id=$(docker image inspect --format '{{.Id}}' "$base_image")
-    hash=$(printf '%s\n' "$base_id" "$(files_hash docker/local)" | sha256sum | cut -c1-16)
+    hash=$(printf '%s\n' "$base_id" "$(files_hash docker/local/Dockerfile docker/local/*-entrypoint.sh)" |
+        sha256sum | cut -c1-16)
     for target in "${service_targets[@]}"; do
         image=coupon-local/$target:$suite
         if [[ $(label_of "$image") == "$hash" && -z ${FORCE:-} ]]; then
@@ -230,6 +233,8 @@ main() {
     build_base
     build_services
     build_project
+    # What a rebuild replaced: this script's images that no tag names any more.
+    docker image prune -f --filter label=coupon.inputs >/dev/null
     say "done in $((SECONDS - started)) s: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$project_image")"
 }
 
