@@ -178,10 +178,11 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def start_k6(
-    base_url: str, event_id: int, rate: int, duration: str, work_dir: Path
+    base_url: str, event_id: int, rate: int, duration: str, work_dir: Path, *, pre_vus: int = 100
 ) -> subprocess.Popen[bytes]:
     """k6 (loadtest/k6/issue.js) at `rate` issue requests a second, each from a new user, at
-    `base_url` (nginx); its summary goes to work_dir/summary.json (read_k6)."""
+    `base_url` (nginx), with `pre_vus` VUs made up front (k6 skips a request while it makes
+    one more); its summary goes to work_dir/summary.json (read_k6)."""
     command = [
         str(BIN / "k6"),
         "run",
@@ -197,7 +198,7 @@ def start_k6(
         "-e",
         f"DURATION={duration}",
         "-e",
-        "PRE_VUS=100",
+        f"PRE_VUS={pre_vus}",
         "-e",
         "MAX_VUS=1000",
         # Latency is not what this test gates on; the switch costs CPU on a 2-core machine.

@@ -278,7 +278,9 @@ def test_blue_green_blue_under_k6_load_no_request_fails(stack: Stack) -> None:
     rate, duration, quantity = 1100, "45s", 40_000
     event_id = stack.open_event("containers blue/green", quantity)
     outcome = Outcome(event_id=event_id, quantity=quantity)
-    k6 = start_k6(stack.nginx_url, event_id, rate, duration, stack.work_dir)
+    # VUs made up front: while the load moves to a colour that just started, answers slow down
+    # for a moment and k6 needs more VUs at once than it can make without skipping requests.
+    k6 = start_k6(stack.nginx_url, event_id, rate, duration, stack.work_dir, pre_vus=400)
     switch_log = []
     try:
         time.sleep(5)
