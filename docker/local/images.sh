@@ -6,7 +6,8 @@
 #   docker/local/images.sh stop       stop the dockerd this script started (its pidfile)
 #   docker/local/images.sh mtu        the MTU dockerd is given (for the stack's network)
 #
-# 1. docker.io and mmdebstrap from Debian's packages when missing (as root; else it names them).
+# 1. docker.io and mmdebstrap from Debian's packages when missing (as root; else it names them:
+#    docker.io is needed only where no Docker daemon answers, mmdebstrap only to build the base).
 # 2. dockerd, when no Docker socket answers: in the background, no systemd, with its pidfile
 #    and log in .tools/docker/ (overlay2, the MTU of the default route's interface, published
 #    ports by NAT without docker-proxy).
@@ -56,17 +57,18 @@ cannot_run() {
     exit 3
 }
 
+# docker.io is needed where no Docker daemon answers; mmdebstrap only to build the base.
 install_missing() {
     local missing=()
-    command -v dockerd >/dev/null || [[ -x /usr/sbin/dockerd ]] || missing+=(docker.io)
+    daemon_answers || command -v dockerd >/dev/null || [[ -x /usr/sbin/dockerd ]] || missing+=(docker.io)
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
     ((${#missing[@]} == 0)) && return 0
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         say "installing ${missing[*]} from Debian's packages"
         apt-get update -qq
-        RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debian_packages[@]}" >/dev/null
-    else
-        cannot_run "missing ${missing[*]}; install with: sudo apt-get install -y ${debian_packages[*]}"
+        RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    elif [[ ${missing[0]} == docker.io ]]; then
+        cannot_run "no Docker daemon answers and docker.io is missing; install with: sudo apt-get install -y ${debian_packages[*]}"
     fi
 }
 
@@ -148,6 +150,8 @@ build_base() {
     fi
     tarball=$state/base-$hash.tar
     if [[ ! -s $tarball ]]; then
+        command -v mmdebstrap >/dev/null ||
+            die "mmdebstrap is needed to build $base_image; install with: sudo apt-get install -y mmdebstrap"
         say "building the base with mmdebstrap ($suite, minbase + $base_include), about a minute"
         # mmdebstrap writes a tarball for a name ending in .tar (else a folder).
         partial=$state/base-$hash.partial.tar
@@ -223,7 +227,7 @@ main() {
         ;;
     all) ;;
     *)
-        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2
         return 2
         ;;
     esac
