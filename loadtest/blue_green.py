@@ -178,8 +178,11 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def start_k6(
-    stack: Stack, event_id: int, rate: int, duration: str, work_dir: Path
+    base_url: str, event_id: int, rate: int, duration: str, work_dir: Path, *, pre_vus: int = 100
 ) -> subprocess.Popen[bytes]:
+    """k6 (loadtest/k6/issue.js) at `rate` issue requests a second, each from a new user, at
+    `base_url` (nginx), with `pre_vus` VUs made up front (k6 skips a request while it makes
+    one more); its summary goes to work_dir/summary.json (read_k6)."""
     command = [
         str(BIN / "k6"),
         "run",
@@ -187,7 +190,7 @@ def start_k6(
         "--summary-export",
         str(work_dir / "summary.json"),
         "-e",
-        f"BASE_URL={stack.nginx_url}",
+        f"BASE_URL={base_url}",
         "-e",
         f"EVENT_ID={event_id}",
         "-e",
@@ -195,7 +198,7 @@ def start_k6(
         "-e",
         f"DURATION={duration}",
         "-e",
-        "PRE_VUS=100",
+        f"PRE_VUS={pre_vus}",
         "-e",
         "MAX_VUS=1000",
         # Latency is not what this test gates on; the switch costs CPU on a 2-core machine.
@@ -263,7 +266,7 @@ def run(
         )
 
         load_s = seconds(duration)
-        k6 = start_k6(stack, outcome.event_id, rate, duration, work_dir)
+        k6 = start_k6(stack.nginx_url, outcome.event_id, rate, duration, work_dir)
         started = time.monotonic()
         time.sleep(min(5.0, load_s / 6))
         for colour in ("green", "blue"):

@@ -17,8 +17,9 @@
 #
 # DEPLOY_MODE=compose (default): the stack of docker-compose.yml; the colours are its services
 #   blue and green (`docker compose up -d --no-deps COLOUR`, COUPON_TAG picks the image), the
-#   marker is in nginx/upstream/ (mounted into nginx). NGINX_URL: nginx as this host reaches it
-#   (http://127.0.0.1:${NGINX_PORT:-8080}). COMPOSE: the compose command (docker compose).
+#   marker is in UPSTREAM_DIR (nginx/upstream/, mounted into nginx). NGINX_URL: nginx as this
+#   host reaches it (http://127.0.0.1:${NGINX_PORT:-8080}). COMPOSE: the compose command (docker
+#   compose), with its -f and -p options where needed.
 # DEPLOY_MODE=native: processes on 127.0.0.1. NGINX_PREFIX: a prefix made by
 #   ops/bluegreen/native-nginx.sh (nginx runs with -p NGINX_PREFIX); BLUE_PORT, GREEN_PORT
 #   (8001, 8002); START_COMMAND (coupon-service): how a colour starts, run with PORT and HOST
@@ -51,7 +52,7 @@ usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 case $mode in
 compose)
     read -r -a compose <<<"${COMPOSE:-docker compose}"
-    state_dir=$root/nginx/upstream
+    state_dir=${UPSTREAM_DIR:-$root/nginx/upstream}
     nginx_url=${NGINX_URL:-http://127.0.0.1:${NGINX_PORT:-8080}}
     ;;
 native)
