@@ -19,6 +19,12 @@ from harness.ports import free_port
 BIN = Path(sys.executable).parent
 
 
+# A SIGTERM within a few seconds of the start can leave a worker's shutdown hung (Sanic
+# 25.12.1; docs/reliability.md, "SIGTERM right after start"): the harness stops a service
+# only once it is this old.
+SETTLE_S = 4.0
+
+
 class ServiceProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = int(env.get("PORT") or free_port())
@@ -26,9 +32,11 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
 
     def start(self, timeout_s: float = 30.0) -> ServiceProcess:
         log = open(self.log_path, "ab")
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [str(BIN / "coupon-service")],
             env=self.env,
@@ -67,14 +75,22 @@ class ServiceProcess:
             return []
         return [child.pid for child in children if _worker_name(child).startswith("Sanic-Server")]
 
+    def settle(self) -> None:
+        """Wait until the service is ``SETTLE_S`` old, so a stop signal lands on a settled one."""
+        wait_s = self.started_at + SETTLE_S - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 90.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.settle()
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            pass
+            self._dump_stacks()
         # A second SIGTERM makes Sanic's manager kill what is left (docs/reliability.md).
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -85,6 +101,18 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(10)
             raise
+
+    def _dump_stacks(self) -> None:
+        """Where each process of a service that did not stop is, into its log (py-spy)."""
+        spy = Path(sys.executable).parent / "py-spy"
+        if self.proc is None or not spy.exists():
+            return
+        processes = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        with open(self.log_path, "a") as log:
+            for process in processes:
+                command = [str(spy), "dump", "--pid", str(process.pid)]
+                dump = subprocess.run(command, capture_output=True, text=True)
+                log.write(f"--- not stopped: {process.pid} {process.status()}\n{dump.stdout}{dump.stderr}\n")
 
     def log(self) -> str:
         try:

@@ -53,6 +53,7 @@ async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_ro
         api = Api(service.url, http)
         quantity = 500
         event_id = await api.open_event(quantity)
+        await asyncio.to_thread(service.settle)  # the signal must land on a settled service
 
         sent: list[tuple[float, asyncio.Task[tuple[Reply, float]]]] = []
         sigterm_at = 0.0
