@@ -48,8 +48,11 @@ class EventDirectory:
         entry = self._entries.get(event_id)
         if entry is not None:
             expires, epoch, task = entry
-            if now < expires and epoch == self._epoch() and not (task.done() and task.exception()):
-                return await asyncio.shield(task)
+            if now < expires and epoch == self._epoch():
+                if not task.done():  # a lookup under way: share it
+                    return await asyncio.shield(task)
+                if not task.cancelled() and task.exception() is None:  # the common case: cached
+                    return task.result()
         task = asyncio.get_running_loop().create_task(self._lookup(event_id))
         self._entries[event_id] = (now + self._ttl_s, self._epoch(), task)
         self._entries.move_to_end(event_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from redis.asyncio.lock import Lock
@@ -62,7 +61,10 @@ class RedisEvents:
         # so a burst of reads cannot exhaust a cluster node's non-blocking pool.
         self._others = asyncio.Semaphore(other_calls)
         self._lane = Lane(link, other_calls) if read_lane and link.cluster is None else None
-        self._reading: dict[int, asyncio.Task[RedisEventState]] = {}
+        # Per event, the readers waiting on the read under way, and that read (held: a task
+        # nobody holds can vanish).
+        self._state_waiters: dict[int, list[asyncio.Future[RedisEventState]]] = {}
+        self._reading: dict[int, asyncio.Task[None]] = {}
         self._asked: dict[int, dict[str, list[asyncio.Future[str | None]]]] = {}
         self._asking: dict[int, asyncio.Task[None]] = {}  # held: a task nobody holds can vanish
 
@@ -140,17 +142,37 @@ class RedisEvents:
     async def shared_state(self, event_id: int) -> RedisEventState:
         """``state`` for readers that accept it up to one round trip old (a sale page
         polling the stock): the callers that ask while a read of the event is under way
-        share that read, so a stampede of readers costs Redis one read per round trip."""
-        reading = self._reading.get(event_id)
-        if reading is None:
-            reading = asyncio.get_running_loop().create_task(self.state(event_id))
-            self._reading[event_id] = reading
-            reading.add_done_callback(partial(self._forget, event_id))
-        return await asyncio.shield(reading)
+        share that read, so a stampede of readers costs Redis one read per round trip. A
+        reader that gives up (its client left) leaves the read to the others."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RedisEventState] = loop.create_future()
+        waiters = self._state_waiters.get(event_id)
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            self._state_waiters[event_id] = [waiter]
+            self._reading[event_id] = loop.create_task(self._read_state(event_id))
+        return await waiter
 
-    def _forget(self, event_id: int, reading: asyncio.Task[RedisEventState]) -> None:
-        if self._reading.get(event_id) is reading:
+    async def _read_state(self, event_id: int) -> None:
+        try:
+            state = await self.state(event_id)
+        except BaseException as exc:  # every waiter gets the failure (503)
             del self._reading[event_id]
+            for waiter in self._state_waiters.pop(event_id):
+                if waiter.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        del self._reading[event_id]
+        for waiter in self._state_waiters.pop(event_id):
+            if not waiter.done():
+                waiter.set_result(state)
 
     async def record(self, event_id: int, user_id: str) -> tuple[int, int] | None:
         async with self._others:
