@@ -7,7 +7,7 @@ PostgreSQL is the source of every field written here (service/store.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,13 +159,7 @@ class RedisEvents:
             state = await self.state(event_id)
         except BaseException as exc:  # every waiter gets the failure (503)
             del self._reading[event_id]
-            for waiter in self._state_waiters.pop(event_id):
-                if waiter.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    waiter.cancel()
-                else:
-                    waiter.set_exception(exc)
+            _fail(self._state_waiters.pop(event_id), exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -208,9 +202,7 @@ class RedisEvents:
                     (values,) = await self._read(("HMGET", users_key, *users))
                 except BaseException as exc:  # every waiter gets the failure (503)
                     for futures in batch.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(exc)
+                        _fail(futures, exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
@@ -244,6 +236,17 @@ class RedisEvents:
     def lock(self, name: str, timeout_s: float) -> Lock:
         lock: Lock = self.redis.lock(name, timeout=timeout_s, blocking=False)
         return lock
+
+
+def _fail(waiters: Iterable[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Hands a shared read's failure to the readers still waiting on it."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if isinstance(exc, asyncio.CancelledError):
+            waiter.cancel()
+        else:
+            waiter.set_exception(exc)
 
 
 def parse_record(value: str) -> tuple[int, int]:
