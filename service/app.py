@@ -18,6 +18,7 @@ from .draining import close_idle_connections
 from .http import handle
 from .routes import public
 from .runtime import running
+from .tasks import cancel_and_wait
 from .workers import shared_objects
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ def create_app(settings: Settings, namespace: str) -> App:
 
     @app.before_server_stop
     async def stop_accepting(app: App) -> None:
-        app.ctx.closer = asyncio.get_running_loop().create_task(close_idle_connections(), name="close-idle")
+        # Sanic may run this listener twice too (below): one closer is started.
+        if getattr(app.ctx, "closer", None) is None:
+            closer = asyncio.get_running_loop().create_task(close_idle_connections(), name="close-idle")
+            app.ctx.closer = closer
 
     @app.after_server_stop
     async def stop_worker(app: App) -> None:
@@ -84,6 +88,4 @@ async def _stop(app: App) -> None:
     finally:
         closer = getattr(app.ctx, "closer", None)
         if closer is not None:
-            closer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await closer
+            await cancel_and_wait(closer)

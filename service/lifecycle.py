@@ -25,6 +25,7 @@ from .keys import expire_at_ms, legacy_event_keys
 from .metrics import counted
 from .redis_events import EventTimes, RedisEvents, RedisEventState
 from .store import EventRow
+from .tasks import cancel_and_wait
 from .timefmt import iso, now_utc, to_us
 from .workers import WorkerBoard
 
@@ -383,6 +384,6 @@ class SuspectEvents:
     async def close(self) -> None:
         for task in self._running.values():
             task.cancel()
-        for task in self._running.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in list(self._running.values()):
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)

@@ -42,6 +42,7 @@ from .reconcile import PostgresStore, Reconciler
 from .redis_decisions import RedisDecisions
 from .redis_events import RedisEvents
 from .redis_link import Client, RedisLink, connect, connect_cluster
+from .tasks import cancel_and_wait
 from .trust import Trust
 from .verify import Verifier, publish_periodically
 from .workers import WorkerBoard, replace_failed_siblings
@@ -239,13 +240,7 @@ def _guard_client(settings: Settings) -> Client:
 def _task(stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
     """Run ``work`` until the worker stops; the stop cancels it and waits for it."""
     task = asyncio.get_running_loop().create_task(work, name=name)
-    stack.push_async_callback(_cancel, task)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stack.push_async_callback(cancel_and_wait, task)
 
 
 def _refused(suspects: SuspectEvents, refusals: Sequence[Refusal]) -> None:

@@ -33,6 +33,7 @@ from .failures import REDIS_FAILURES
 from .keys import Keyspace, tag_for_slot
 from .metrics import counted
 from .redis_link import pack_command
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,4 @@ class Trust:
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)

@@ -1,0 +1,64 @@
+"""Stopping background tasks: a cancellation that is lost is delivered again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from service.tasks import cancel_and_wait
+
+
+async def _periodic(swallow: int, ticks: list[int]) -> None:
+    """A periodic loop whose first ``swallow`` cancellations are lost inside its call, as a
+    library can lose one, after which it goes back to sleep."""
+    while True:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if swallow == 0:
+                raise
+            swallow -= 1
+        ticks.append(1)
+
+
+async def test_a_task_that_ends_on_its_cancellation_is_waited_for() -> None:
+    ticks: list[int] = []
+    task = asyncio.get_running_loop().create_task(_periodic(0, ticks))
+    await asyncio.sleep(0.05)
+    await cancel_and_wait(task, again_s=10)
+    assert task.cancelled()
+
+
+async def test_a_lost_cancellation_is_delivered_again_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ticks: list[int] = []
+    task = asyncio.get_running_loop().create_task(_periodic(2, ticks), name="beacon")
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="service.tasks"):
+        await asyncio.wait_for(cancel_and_wait(task, again_s=0.05), timeout=5)
+    assert task.cancelled()
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2 and all("task beacon still runs" in text for text in warnings), warnings
+
+
+async def test_a_task_that_failed_raises_its_failure() -> None:
+    async def fails() -> None:
+        raise ValueError("broken")
+
+    task = asyncio.get_running_loop().create_task(fails())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="broken"):
+        await cancel_and_wait(task)
+
+
+async def test_the_waiter_itself_can_be_cancelled() -> None:
+    task = asyncio.get_running_loop().create_task(_periodic(1, []))
+    waiter = asyncio.get_running_loop().create_task(cancel_and_wait(task, again_s=10))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not task.done()  # its cancellation was lost, and the waiter stopped waiting
+    await cancel_and_wait(task, again_s=0.01)
+    assert task.cancelled()
