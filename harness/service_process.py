@@ -35,6 +35,12 @@ class ServiceProcess:
         self.started_at = 0.0
 
     def start(self, timeout_s: float = 30.0) -> ServiceProcess:
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Starts the process; `wait_ready` waits for its workers."""
         log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
@@ -46,8 +52,6 @@ class ServiceProcess:
             start_new_session=True,
         )
         log.close()
-        self.wait_ready(timeout_s)
-        return self
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -13,7 +13,7 @@ import redis.cluster
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from . import eviction
+from . import eviction, manager_signals
 from .app import create_app
 from .config import ConfigError, Settings
 from .draining import DrainingHttpProtocol
@@ -46,6 +46,7 @@ def main() -> None:
         backlog=4096,
         protocol=DrainingHttpProtocol,
     )
+    manager_signals.install()
     Sanic.serve(primary=app, app_loader=loader)
 
 

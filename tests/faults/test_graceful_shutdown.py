@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import asyncpg
+import psutil
 import pytest
 from faulty.middlewares import LatencyMiddleware
 from redis.asyncio import Redis
@@ -104,3 +107,36 @@ async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_ro
     rows = await assert_invariants(pg, event_id, quantity, redis=redis)
     assert {row["user_id"]: row["ordinal"] for row in rows} == issued_201
     assert int(await redis.get((await keyspace(pg)).event(event_id).seq)) == len(issued_201)
+
+
+@pytest.mark.parametrize("after_ready_s", [None, 0.0, 0.3, 0.8])
+def test_sigterm_during_or_just_after_start_up_stops_every_process(
+    service_env: dict[str, str], tmp_path: Path, after_ready_s: float | None
+) -> None:
+    """One SIGTERM, sent as soon as the manager has started a worker (before every worker
+    has acknowledged its start: None), or soon after the service is ready, stops the
+    service with exit 0 and leaves no process behind. Sanic's own handler re-queued a
+    signal sent during start-up for ever, could crash the manager (exit 1) mid-call, and
+    one worker could wait for ever on a task that lost its cancellation
+    (docs/reliability.md, "SIGTERM right after start")."""
+    service = ServiceProcess(service_env, tmp_path / "service.log")
+    service.launch()
+    assert service.proc is not None
+    deadline = time.monotonic() + 30
+    if after_ready_s is None:
+        while not service.worker_pids():
+            assert time.monotonic() < deadline and service.proc.poll() is None, service.log()
+            time.sleep(0.01)
+    else:
+        service.wait_ready()
+        time.sleep(after_ready_s)
+    family = [psutil.Process(service.proc.pid), *psutil.Process(service.proc.pid).children(recursive=True)]
+    service.proc.send_signal(signal.SIGTERM)
+    try:
+        code = service.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        service.stop(timeout_s=1)  # its stacks go into the log
+        raise AssertionError(f"not stopped 30 s after one SIGTERM:\n{service.log()}") from None
+    assert code == 0, service.log()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, alive

@@ -31,7 +31,7 @@ async def test_a_task_that_ends_on_its_cancellation_is_waited_for() -> None:
     assert task.cancelled()
 
 
-async def test_a_lost_cancellation_is_delivered_again_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_lost_cancellation_is_delivered_again(caplog: pytest.LogCaptureFixture) -> None:
     ticks: list[int] = []
     task = asyncio.get_running_loop().create_task(_periodic(2, ticks), name="beacon")
     await asyncio.sleep(0.05)
