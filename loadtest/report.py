@@ -48,6 +48,7 @@ def k6_series(csv_gz: Path) -> Series:
         rows = csv.reader(stream)
         header = next(rows, [])
         name_at = header.index("name") if "name" in header else None
+        status_at = header.index("status")  # columns follow the system tags asked for
         for row in rows:
             if row[0] != "http_req_duration":
                 continue
@@ -56,7 +57,7 @@ def k6_series(csv_gz: Path) -> Series:
             stamp = float(row[1])
             first = min(first, stamp)
             last = max(last, stamp)
-            if row[4] == "201":
+            if row[status_at] == "201":
                 last_issued = max(last_issued, stamp)
             buckets[int(stamp // 1000)].append(float(row[2]))
     series = Series(start_ms=first if buckets else 0.0, last_response_ms=last, last_issued_ms=last_issued)

@@ -1,0 +1,26 @@
+"""The load report reads k6's CSV by its header: the columns follow the system tags asked for."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from loadtest.report import k6_series
+
+
+def test_the_series_and_the_last_201_come_from_the_named_columns(tmp_path: Path) -> None:
+    path = tmp_path / "k6.csv.gz"
+    rows = [
+        "metric_name,timestamp,metric_value,name,scenario,status,extra_tags,metadata",
+        "http_reqs,1000,1.000000,issue,constant,201,,",
+        "http_req_duration,1000,5.0,issue,constant,201,,",
+        "http_req_duration,1500,7.0,issue,constant,201,,",
+        "http_req_duration,2100,3.0,issue,constant,410,,",
+        "http_req_duration,2200,1.0,event,readers,200,,",  # a reader's: not the issue route's
+    ]
+    with gzip.open(path, "wt") as stream:
+        stream.write("\n".join(rows) + "\n")
+    series = k6_series(path)
+    assert series.last_issued_ms == 1500
+    assert series.last_response_ms == 2100
+    assert series.seconds == [0, 1] and series.rate == [2, 1]
