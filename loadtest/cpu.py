@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
 
+import psutil
 import redis
 
 from service.config import StorageSettings
@@ -71,6 +72,32 @@ def tree(root: int) -> Finder:
         return found
 
     return find
+
+
+def serving(port: int) -> Finder | None:
+    """The local processes that listen on ``port`` (a service this run did not start), with
+    their descendants: the topmost listeners are the roots (Sanic's manager holds the socket it
+    hands its workers). None when nothing here listens on it."""
+    listeners = set()
+    for process in psutil.process_iter():
+        try:
+            connections = process.net_connections("tcp")
+        except psutil.Error:
+            continue
+        if any(conn.status == psutil.CONN_LISTEN and conn.laddr.port == port for conn in connections):
+            listeners.add(process.pid)
+    roots = [one for one in listeners if _parent(one) not in listeners]
+    if not roots:
+        return None
+    finders = [tree(root) for root in roots]
+    return lambda procs: [found for finder in finders for found in finder(procs)]
+
+
+def _parent(one: int) -> int | None:
+    try:
+        return psutil.Process(one).ppid()
+    except psutil.Error:
+        return None
 
 
 def named(name: str) -> Finder:
@@ -175,6 +202,12 @@ def generator_sentence(split: Split, generator: str, served: Iterable[str], what
     """Says plainly whether the load generator took more CPU than what it loads."""
     tool = split.cores(generator)
     target = sum(split.cores(name) for name in served if name in split.cpu_s)
+    missing = [name for name in served if name not in split.cpu_s]
+    if missing:
+        return (
+            f"The generator ({generator}) took {tool:.2f} cores; {', '.join(missing)} not measured"
+            f" (not found on this machine), so it is not compared with {what}."
+        )
     if tool > target:
         return (
             f"The generator ({generator}) took more CPU than {what}: {tool:.2f} against {target:.2f}"

@@ -24,6 +24,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from redis.asyncio import Redis
@@ -134,8 +135,16 @@ class Service:
     def cpu_groups(self, storage: StorageSettings) -> dict[str, cpu.Finder]:
         """The processes whose CPU a run reports: ours (not one running elsewhere), Redis, PostgreSQL."""
         proc = self.process.proc if self.process is not None else None
-        groups = {} if proc is None else {"service": cpu.tree(proc.pid)}
+        found = cpu.tree(proc.pid) if proc is not None else self._running_here()
+        groups = {} if found is None else {"service": found}
         return {**groups, **cpu.storage_groups(storage)}
+
+    def _running_here(self) -> cpu.Finder | None:
+        """A running service's processes, when it listens on this machine's loopback."""
+        url = urlsplit(self.url)
+        if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+            return None
+        return cpu.serving(url.port or 80)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -24,3 +24,37 @@ def test_the_series_and_the_last_201_come_from_the_named_columns(tmp_path: Path)
     assert series.last_issued_ms == 1500
     assert series.last_response_ms == 2100
     assert series.seconds == [0, 1] and series.rate == [2, 1]
+
+
+def test_a_running_service_is_found_by_the_port_it_listens_on() -> None:
+    """`make loadtest BASE_URL=…` against a service on this machine measures its CPU too:
+    the processes listening on the port, with their children."""
+    import socket
+    import subprocess
+    import sys
+
+    from loadtest import cpu
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "import socket, subprocess, sys, time\n"
+        f"s = socket.create_server(('127.0.0.1', {port}))\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        child = int(server.stdout.readline())
+        finder = cpu.serving(port)
+        assert finder is not None
+        assert sorted(finder(cpu.snapshot())) == sorted([server.pid, child])
+    finally:
+        subprocess.run(["pkill", "-P", str(server.pid)], check=False)
+        server.kill()
+        server.wait()
+        server.stdout.close()
+    assert cpu.serving(port) is None
