@@ -60,8 +60,8 @@ class ServiceProcess:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=2) as response:
-                    # Every worker has started: Sanic's manager hangs on a SIGTERM that
-                    # lands while a worker is still starting (docs/reliability.md).
+                    # Every worker has started: a test's requests and signals reach a
+                    # service that is up (a SIGTERM during start-up waits for it).
                     if json.loads(response.read())["workers"] >= int(self.env.get("WORKERS", "1")):
                         time.sleep(0.3)  # a worker acknowledges its start just after claiming
                         return
