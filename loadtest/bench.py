@@ -172,7 +172,22 @@ def summary(
         f" | {service_run.us_per_answer:.0f} | {bare_run.us_per_answer:.0f}"
         f" | {cpu_ratio:.2f} | {verdict(cpu_ratio, CPU_TARGET, False)} |"
     )
+    for name, part_us in cpu_parts(service_run):
+        lines.append(f"| of which {name} | {part_us:.0f} | | {part_us / bare_run.us_per_answer:.2f} | |")
     return "\n".join(lines)
+
+
+def cpu_parts(run: OpenRun) -> list[tuple[str, float]]:
+    """The service's CPU per answer split into what its own code controls (the workers) and
+    what its dependencies cost (Redis and PostgreSQL together): the target on the sum leaves
+    the workers only what the dependencies do not take."""
+    answers = run.result.requests
+    storage = tuple(name for name in run.served if name in cpu.STORAGE_GROUPS)
+    own = tuple(name for name in run.served if name not in cpu.STORAGE_GROUPS)
+    return [
+        ("the workers", run.split.us_per(own, answers)),
+        (" + ".join(storage), run.split.us_per(storage, answers)),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{service_run.us_per_answer:.0f} ÷ {bare_run.us_per_answer:.0f} µs = {cpu_ratio:.2f} "
         f"(target {verdict(cpu_ratio, CPU_TARGET, False)})"
     )
+    for name, part_us in cpu_parts(service_run):
+        share = part_us / bare_run.us_per_answer
+        say(f"  of which {name}: {part_us:.0f} µs, {share:.2f} times the bare app's answer")
     print()
     print(summary(args, medians, cpu_ratio, runs, (before, after)))
     print()

@@ -58,3 +58,19 @@ def test_a_running_service_is_found_by_the_port_it_listens_on() -> None:
         server.wait()
         server.stdout.close()
     assert cpu.serving(port) is None
+
+
+def test_the_bench_splits_the_service_cpu_into_its_workers_and_its_dependencies() -> None:
+    """`make bench` shows what the service's own code takes per answer apart from what Redis
+    and PostgreSQL take, each as a multiple of the bare app's answer."""
+    from loadtest.bench import cpu_parts
+    from loadtest.cpu import Split
+    from loadtest.generators import K6Result
+    from loadtest.open_model import OpenRun
+
+    cpu_s = {"k6": 6.0, "service": 5.0, "Redis": 1.5, "PostgreSQL": 0.5}
+    split = Split(wall_s=10.0, cpu_s=cpu_s, busy_s=13.0)
+    result = K6Result(requests=20_000, failed=0, dropped=0, p50_ms=1.0, p99_ms=5.0, counts={})
+    run = OpenRun("service /issue", 0, result, split, ("service", "Redis", "PostgreSQL"), 2000.0)
+    assert cpu_parts(run) == [("the workers", 250.0), ("Redis + PostgreSQL", 100.0)]
+    assert run.us_per_answer == 350.0
