@@ -74,3 +74,15 @@ def test_the_bench_splits_the_service_cpu_into_its_workers_and_its_dependencies(
     run = OpenRun("service /issue", 0, result, split, ("service", "Redis", "PostgreSQL"), 2000.0)
     assert cpu_parts(run) == [("the workers", 250.0), ("Redis + PostgreSQL", 100.0)]
     assert run.us_per_answer == 350.0
+
+
+def test_a_row_stored_before_its_answer_arrived_is_said_in_words() -> None:
+    """On a saturated machine the last 201 can reach the generator after its row was stored:
+    the report says so instead of printing a bare negative lag."""
+    from loadtest.run import stored_after
+
+    assert stored_after(0.084, "last 201 response") == "0.084 s (last 201 response)"
+    assert stored_after(-0.322, "last 201 response") == (
+        "-0.322 s: stored 0.322 s before the last 201 response reached the generator"
+    )
+    assert stored_after(None, "last 201 response") == "n/a"
