@@ -7,8 +7,9 @@ BENCH_DURATION, the targets alternating for BENCH_ROUNDS rounds so that a noisy 
 all alike; median rates and their ratios. Open model (k6, BENCH_OPEN_RATE req/s for
 BENCH_OPEN_DURATION): the bare app's POST, then the service's issue route on a fresh event;
 CPU per answer from /proc (the service's processes with Redis and PostgreSQL, against the
-bare app's) and what the generator took. A CPU yardstick before and after, then a check that
-every 201 was stored, and a summary table for docs/performance.md.
+bare app's, then split into the workers and Redis + PostgreSQL) and what the generator took.
+A CPU yardstick before and after, then a check that every 201 was stored, and a summary
+table for docs/performance.md.
 
 Settings (environment): BENCH_WORKERS (2, both apps), BENCH_ROUNDS (3), BENCH_DURATION (5s),
 BENCH_CONNECTIONS (64), BENCH_THREADS (1), BENCH_OPEN_RATE (2800), BENCH_OPEN_DURATION (15s).
