@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from .keys import expire_at_ms, legacy_event_keys
 from .metrics import counted
 from .redis_events import EventTimes, RedisEvents, RedisEventState
 from .store import EventRow
-from .tasks import cancel_and_wait
+from .tasks import cancel_all
 from .timefmt import iso, now_utc, to_us
 from .workers import WorkerBoard
 
@@ -382,8 +381,4 @@ class SuspectEvents:
                 await asyncio.sleep(_SUSPECT_RETRY_S)
 
     async def close(self) -> None:
-        for task in self._running.values():
-            task.cancel()
-        for task in list(self._running.values()):
-            with contextlib.suppress(Exception):
-                await cancel_and_wait(task)
+        await cancel_all(self._running.values())

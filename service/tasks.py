@@ -1,10 +1,11 @@
-"""Stopping a worker's background tasks: cancel one, and wait until it has ended."""
+"""Stopping a worker's background tasks: cancel them, and wait until they have ended."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -29,3 +30,18 @@ async def cancel_and_wait(task: asyncio.Task[Any], again_s: float = AGAIN_S) -> 
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], again_s: float = AGAIN_S) -> None:
+    """Cancel every task at once, then wait for each as ``cancel_and_wait`` does: they stop
+    together rather than one after another. A task that ended with a failure is logged with
+    its name and does not keep the others from being waited for."""
+    tasks = list(tasks)
+    for task in tasks:
+        if not task.cancelling():
+            task.cancel()
+    for task in tasks:
+        try:
+            await cancel_and_wait(task, again_s)
+        except Exception:
+            logger.exception("task %s failed while it was being stopped", task.get_name())

@@ -33,7 +33,7 @@ from .failures import REDIS_FAILURES
 from .keys import Keyspace, tag_for_slot
 from .metrics import counted
 from .redis_link import pack_command
-from .tasks import cancel_and_wait
+from .tasks import cancel_all
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,4 @@ class Trust:
             await asyncio.sleep(WATCH_INTERVAL_S)
 
     async def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        for task in self._tasks.values():
-            await cancel_and_wait(task)
+        await cancel_all(self._tasks.values())

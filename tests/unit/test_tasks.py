@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from service.tasks import cancel_and_wait
+from service.tasks import cancel_all, cancel_and_wait
 
 
 async def _periodic(swallow: int, ticks: list[int]) -> None:
@@ -62,3 +62,40 @@ async def test_the_waiter_itself_can_be_cancelled() -> None:
     assert not task.done()  # its cancellation was lost, and the waiter stopped waiting
     await cancel_and_wait(task, again_s=0.01)
     assert task.cancelled()
+
+
+async def test_all_are_cancelled_at_once_and_a_failed_one_keeps_none_from_stopping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The tasks stop together; one that failed is logged by name and the rest, among them
+    one that loses its first cancellation, are still waited for."""
+    loop = asyncio.get_running_loop()
+    cancelled_at: dict[str, float] = {}
+    stopped_at: dict[str, float] = {}
+
+    async def slow_to_stop(name: str) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled_at[name] = loop.time()
+            await asyncio.sleep(0.1)  # the task's own clean-up, after its cancellation
+            stopped_at[name] = loop.time()
+            raise
+
+    async def fails() -> None:
+        raise ValueError("broken")
+
+    tasks = {
+        "first": loop.create_task(slow_to_stop("first")),
+        "failed": loop.create_task(fails(), name="broken-task"),
+        "lossy": loop.create_task(_periodic(1, []), name="lossy"),
+        "second": loop.create_task(slow_to_stop("second")),
+    }
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="service.tasks"):
+        await asyncio.wait_for(cancel_all(tasks.values(), again_s=0.5), timeout=5)
+    assert all(task.done() for task in tasks.values())
+    assert tasks["first"].cancelled() and tasks["second"].cancelled() and tasks["lossy"].cancelled()
+    # Cancelled together: the second heard of it before the first had finished stopping.
+    assert cancelled_at["second"] < stopped_at["first"]
+    assert any("task broken-task failed while it was being stopped" in r.getMessage() for r in caplog.records)
