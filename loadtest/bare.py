@@ -2,6 +2,11 @@
 same settings and worker count, the same JSON in and out, and nothing else (no Redis, no
 PostgreSQL, no bookkeeping). What the service costs beyond it is what the service adds.
 
+With ``BARE_REDIS_URL`` set it also answers ``POST /decided/events/{id}/issue``: the same
+route after one call of the service's own issue script (lua/issue.lua) through redis-py on
+keys of its own (``BARE_REDIS_PREFIX``), as the simplest app deciding in Redis would. That
+is the floor of a Sanic app making one Redis round trip an answer, measured beside both.
+
     HOST=127.0.0.1 PORT=8100 WORKERS=2 python -m loadtest.bare
 """
 
@@ -18,9 +23,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import redis
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
 from sanic import HTTPResponse, Request, Sanic
 from sanic.config import Config
 
+import lua
 from harness.ports import free_port
 
 # The service's own settings (service/app.py, service/server.py, service/config.py defaults),
@@ -44,10 +53,13 @@ def _json(body: object, status: int = 200) -> HTTPResponse:
     return HTTPResponse(orjson.dumps(body), status=status, content_type=_JSON)
 
 
-def _issued_at() -> str:
-    now_us = time.time_ns() // 1000
+def _iso(now_us: int) -> str:
     seconds, micros = divmod(now_us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def _issued_at() -> str:
+    return _iso(time.time_ns() // 1000)
 
 
 def create_app() -> Sanic[Config, SimpleNamespace]:
@@ -79,17 +91,67 @@ def create_app() -> Sanic[Config, SimpleNamespace]:
     async def event(request: Request, event_id: str) -> HTTPResponse:
         return _json({"id": int(event_id), **_EVENT, "remaining": 999_000_000})
 
+    redis_url = os.environ.get("BARE_REDIS_URL")
+    if redis_url:
+        _decided_route(app, redis_url, decision_keys(os.environ.get("BARE_REDIS_PREFIX", "bench-bare")))
     return app
+
+
+def decision_keys(prefix: str) -> tuple[str, str, str]:
+    """The decided route's event: meta, seq and users, as the issue script takes them."""
+    return f"{prefix}:{{ev}}:meta", f"{prefix}:{{ev}}:seq", f"{prefix}:{{ev}}:users"
+
+
+def open_decision_event(client: redis.Redis, prefix: str, ttl_s: int = 3600) -> None:
+    """An open event for the decided route, with room for any run; its keys expire on their own."""
+    meta, seq, _ = decision_keys(prefix)
+    expire_at_ms = int(time.time() * 1000) + ttl_s * 1000
+    fields = {"status": "open", "quantity": 10**12, "starts_at": 0, "ends_at": 0, "expire_at": expire_at_ms}
+    client.hset(meta, mapping=fields)
+    client.set(seq, 0)
+    client.pexpireat(meta, expire_at_ms)
+    client.pexpireat(seq, expire_at_ms)
+
+
+def _decided_route(app: Sanic[Config, SimpleNamespace], redis_url: str, keys: tuple[str, str, str]) -> None:
+    script = lua.source("issue")
+
+    @app.before_server_start
+    async def connect(app: Sanic[Config, SimpleNamespace], _: object) -> None:
+        # A blocking pool: redis-py's plain one raises past its limit instead of waiting.
+        app.ctx.redis = AsyncRedis(
+            connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=64)
+        )
+        app.ctx.issue_sha = await app.ctx.redis.script_load(script)
+
+    @app.after_server_stop
+    async def disconnect(app: Sanic[Config, SimpleNamespace], _: object) -> None:
+        await app.ctx.redis.aclose()
+
+    @app.post("/decided/events/<event_id:str>/issue")
+    async def decided_issue(request: Request, event_id: str) -> HTTPResponse:
+        try:
+            user = orjson.loads(request.body)["user_id"]
+            event = int(event_id)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _json({"error": {"code": "invalid_request", "message": "bad request"}}, 400)
+        now_us, outcome = await request.app.ctx.redis.evalsha(request.app.ctx.issue_sha, 3, *keys, 0, user)
+        if outcome <= 0:
+            return _json({"error": {"code": "refused", "message": f"outcome {outcome}"}}, 409)
+        return _json({"event_id": event, "user_id": user, "ordinal": outcome, "issued_at": _iso(now_us)}, 201)
 
 
 class BareApp:
     """The bare app as a process of its own on a free port, for the benchmark."""
 
-    def __init__(self, workers: int, log_path: Path) -> None:
+    def __init__(self, workers: int, log_path: Path, redis_url: str | None = None) -> None:
+        """With ``redis_url``, the decided route too, on an event of its own there."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.log_path = log_path
+        self.redis_url = redis_url
+        self.redis_prefix = f"bench-bare:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -100,6 +162,10 @@ class BareApp:
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WORKERS": str(self.workers)}
+        if self.redis_url:
+            env.update(BARE_REDIS_URL=self.redis_url, BARE_REDIS_PREFIX=self.redis_prefix)
+            with redis.Redis.from_url(self.redis_url, socket_timeout=5) as client:
+                open_decision_event(client, self.redis_prefix)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "loadtest.bare"],
@@ -123,14 +189,16 @@ class BareApp:
         raise RuntimeError(f"the bare app did not answer in {timeout_s}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.redis_url:
+            with redis.Redis.from_url(self.redis_url, socket_timeout=5) as client:
+                client.delete(*decision_keys(self.redis_prefix))
 
 
 def main() -> None:

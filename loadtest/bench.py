@@ -5,9 +5,11 @@ Closed loop (wrk): the bare app's GET /health and POST issue; the service's /hea
 /events/{id}/issue, GET /events/{id} and GET /events/{id}/issues/{user}, each for
 BENCH_DURATION, the targets alternating for BENCH_ROUNDS rounds so that a noisy neighbour hits
 all alike; median rates and their ratios. Open model (k6, BENCH_OPEN_RATE req/s for
-BENCH_OPEN_DURATION): the bare app's POST, then the service's issue route on a fresh event;
-CPU per answer from /proc (the service's processes with Redis and PostgreSQL, against the
-bare app's, then split into the workers and Redis + PostgreSQL) and what the generator took.
+BENCH_OPEN_DURATION): the bare app's POST, then the service's issue route on a fresh event,
+then the bare app's POST after one call of the service's issue script through redis-py (the
+floor of any Sanic app making one Redis round trip an answer; not on a Redis cluster); CPU
+per answer from /proc (the service's processes with Redis and PostgreSQL, against the bare
+app's, then split into the workers and Redis + PostgreSQL) and what the generator took.
 A CPU yardstick before and after, then a check that every 201 was stored, and a summary
 table for docs/performance.md.
 
@@ -150,6 +152,7 @@ def summary(
     cpu_ratio: float,
     runs: tuple[OpenRun, OpenRun],
     sticks: tuple[float, float],
+    decided: OpenRun | None = None,
 ) -> str:
     bare_run, service_run = runs
     lines = [
@@ -175,6 +178,12 @@ def summary(
     )
     for name, part_us in cpu_parts(service_run):
         lines.append(f"| of which {name} | {part_us:.0f} | | {part_us / bare_run.us_per_answer:.2f} | |")
+    if decided is not None:
+        lines.append(
+            "| open model, CPU µs per answer of the bare app with one Redis decision an answer (bare app"
+            f" + Redis) | {decided.us_per_answer:.0f} | {bare_run.us_per_answer:.0f}"
+            f" | {decided.us_per_answer / bare_run.us_per_answer:.2f} | floor: a round trip an answer |"
+        )
     return "\n".join(lines)
 
 
@@ -198,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     before = cpu.yardstick_us()
     say(f'CPU yardstick, python -m timeit "sum(range(1000))": {before:.1f} µs')
     say(f"{platform.node()}, {os.cpu_count()} cores ({cpu.cpu_model()}); logs in {logs}")
-    bare = BareApp(args.workers, logs / "bare.log")
+    # The bare app with one Redis decision an answer, where Redis is one server (not a cluster).
+    bare = BareApp(args.workers, logs / "bare.log", None if storage.redis_cluster else storage.redis_url)
     service = ServiceProcess(
         {"ADMIN_TOKEN": TOKEN, "WORKERS": str(args.workers), "LOG_LEVEL": "WARNING"}, logs / "service.log"
     )
@@ -246,6 +256,21 @@ def main(argv: list[str] | None = None) -> int:
                 logs=logs,
             ),
         )
+        decided = None
+        if bare.redis_url:
+            decided = open_model(
+                "bare POST + Redis decision",
+                f"{bare.url}/decided",
+                1,
+                rate=rate,
+                duration=duration,
+                groups=groups,
+                served=("bare app", "Redis"),
+                what="the bare app and Redis",
+                logs=logs,
+            )
+        else:
+            say("bare POST + Redis decision: not run (Redis is a cluster)")
         after = cpu.yardstick_us()
         say(f'CPU yardstick, python -m timeit "sum(range(1000))": {after:.1f} µs (before: {before:.1f})')
 
@@ -278,10 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, part_us in cpu_parts(service_run):
         share = part_us / bare_run.us_per_answer
         say(f"  of which {name}: {part_us:.0f} µs, {share:.2f} times the bare app's answer")
+    if decided is not None:
+        say(
+            "the bare app with one Redis decision an answer (the issue script through redis-py) ÷ bare POST: "
+            f"{decided.us_per_answer:.0f} ÷ {bare_run.us_per_answer:.0f} µs = "
+            f"{decided.us_per_answer / bare_run.us_per_answer:.2f}; the service against it: "
+            f"{service_run.us_per_answer / decided.us_per_answer:.2f}"
+        )
     print()
-    print(summary(args, medians, cpu_ratio, runs, (before, after)))
+    print(summary(args, medians, cpu_ratio, runs, (before, after), decided))
     print()
-    for run in runs:
+    for run in (*runs, *([decided] if decided else [])):
         if run.result.failed or run.code not in (0, K6_THRESHOLDS_CROSSED):
             say(f"note: {run.label}: {run.result.failed:,} requests failed (k6 exited with {run.code})")
     if lost:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from harness.invariants import keyspace
@@ -100,7 +101,7 @@ def test_locust_suite_runs_verifies_and_reports(tmp_path: Path, service_env: dic
 
 
 @pytest.mark.slow
-def test_bench_measures_the_service_against_bare_sanic(service_env: dict[str, str]) -> None:
+def test_bench_measures_the_service_against_bare_sanic(service_env: dict[str, str], redis_url: str) -> None:
     env = {
         **os.environ,
         **service_env,
@@ -127,11 +128,16 @@ def test_bench_measures_the_service_against_bare_sanic(service_env: dict[str, st
         "ratio CPU per issue answer, service (workers + Redis + PostgreSQL) ÷ bare POST: ",
     ):
         assert f"bench: {ratio}" in out, out
-    for run in ("bare POST", "service /issue"):
+    floor = "bench: the bare app with one Redis decision an answer (the issue script through redis-py)"
+    assert floor in out, out
+    for run in ("bare POST", "service /issue", "bare POST + Redis decision"):
         assert f"bench: {run}: CPU split (cores): k6 " in out, out
         assert f"bench: {run}: The generator (k6) took" in out, out
     assert out.count("CPU yardstick") == 2 and "| measure | service | bare Sanic | ratio | target |" in out
     assert "bench: every 201 stored" in out.splitlines()[-1]
+    # The bare app's decision event is its own, and gone with it.
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.keys("bench-bare:*") == []
 
 
 async def test_the_verifier_finds_each_kind_of_breach(
