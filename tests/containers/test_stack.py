@@ -385,9 +385,16 @@ def test_prometheus_scrapes_the_service_and_both_exporters_with_its_rules(stack:
             break
         time.sleep(2)
     assert all(targets.get(t) == "up" for t in wanted), targets
-    # The exporters see their servers, not just themselves.
+    # The exporters see their servers, not just themselves. Redis was stopped and started
+    # again by the test before: its exporter's last scrape may predate the restart, so each
+    # is asked until a scrape sees its server up.
     for query in ("redis_up", "pg_up"):
-        result = get(f"/api/v1/query?query={query}")["result"]
+        deadline = time.monotonic() + 60
+        while True:
+            result = get(f"/api/v1/query?query={query}")["result"]
+            if (result and result[0]["value"][1] == "1") or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert result and result[0]["value"][1] == "1", (query, result)
 
     loaded = {rule["name"] for group in get("/api/v1/rules")["groups"] for rule in group["rules"]}
