@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from sanic import Sanic
 from sanic.config import Config
 
-from . import instrument, logs
+from . import instrument, logs, manager_signals
 from .admin import admin
 from .auth import TokenVerifier
 from .config import Settings
@@ -63,6 +63,8 @@ def create_app(settings: Settings, namespace: str) -> App:
 
     @app.before_server_stop
     async def stop_accepting(app: App) -> None:
+        # First: a second stop signal must not cut the drain (service/manager_signals.py).
+        manager_signals.ignore_further_stop_signals()
         # Sanic may run this listener twice too (below): one closer is started.
         if getattr(app.ctx, "closer", None) is None:
             closer = asyncio.get_running_loop().create_task(close_idle_connections(), name="close-idle")

@@ -5,6 +5,12 @@ graceful timeout for the rest. A connection busy at that moment stays open after
 answer (keep-alive), and a client that keeps it idle holds the worker, and so the drain
 of its buffer, until the timeout. While a worker stops, this closes every connection
 the moment it has no request in flight; an answer already started is always finished.
+
+A connection whose request has arrived but is not parsed yet is not idle: Sanic's stage
+says IDLE until the header is read, and closing it then dropped the connection while its
+request went on to be decided (and its row stored) with nobody left to answer. Seen when
+the stop signal and new requests landed in the same instant (a signal to the whole
+process group).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ class DrainingHttpProtocol(HttpProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         HttpProtocol.connection_made(self, transport)
         DrainingHttpProtocol.live = self.connections
+
+    def close_if_idle(self) -> bool:
+        if self.recv_buffer:  # a request has arrived, not read yet: it will be answered
+            return False
+        return bool(HttpProtocol.close_if_idle(self))
 
 
 async def close_idle_connections() -> None:

@@ -1,4 +1,5 @@
-"""SIGTERM under load: requests in flight are answered, every buffered row is stored."""
+"""A stop signal under load (to the manager, or to the whole process group as Ctrl-C and
+systemd send it): requests in flight are answered, every buffered row is stored."""
 
 from __future__ import annotations
 
@@ -33,7 +34,14 @@ SIGTERM_AT_S = 1.5
 LOAD_S = 2.5
 
 
+@pytest.mark.parametrize(
+    ("to", "sig"),
+    [("manager", signal.SIGTERM), ("process group", signal.SIGTERM), ("process group", signal.SIGINT)],
+    ids=["SIGTERM to the manager", "SIGTERM to the group", "SIGINT to the group (Ctrl-C)"],
+)
 async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_row(
+    to: str,
+    sig: signal.Signals,
     start_service: Callable[..., ServiceProcess],
     http: aiohttp.ClientSession,
     redis_url: str,
@@ -75,7 +83,13 @@ async def test_sigterm_under_load_answers_in_flight_requests_and_stores_every_ro
                 rows_at_sigterm = await pg.fetchval(
                     "SELECT count(*) FROM coupon_issues WHERE event_id = $1", event_id
                 )
-                os.kill(service.proc.pid, signal.SIGTERM)
+                if to == "manager":
+                    os.kill(service.proc.pid, sig)
+                else:
+                    # Every process of the service at once, as Ctrl-C in a terminal,
+                    # systemd's default KillMode (control-group), `timeout` and
+                    # `kill -TERM -PGID` send it.
+                    os.killpg(service.proc.pid, sig)
                 sigterm_at = time.monotonic()
             for _ in range(RATE // 50):
                 sent.append((time.monotonic(), asyncio.create_task(timed(f"t{n}"))))
