@@ -53,6 +53,18 @@ def _json(body: object, status: int = 200) -> HTTPResponse:
     return HTTPResponse(orjson.dumps(body), status=status, content_type=_JSON)
 
 
+def _issue_request(request: Request, event_id: str) -> tuple[int, object] | None:
+    """(event id, user id) of an issue request, or None when it cannot be read."""
+    try:
+        return int(event_id), orjson.loads(request.body)["user_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _bad_request() -> HTTPResponse:
+    return _json({"error": {"code": "invalid_request", "message": "bad request"}}, 400)
+
+
 def _iso(now_us: int) -> str:
     seconds, micros = divmod(now_us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
@@ -78,11 +90,10 @@ def create_app() -> Sanic[Config, SimpleNamespace]:
 
     @app.post("/events/<event_id:str>/issue")
     async def issue(request: Request, event_id: str) -> HTTPResponse:
-        try:
-            user = orjson.loads(request.body)["user_id"]
-            event = int(event_id)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return _json({"error": {"code": "invalid_request", "message": "bad request"}}, 400)
+        read = _issue_request(request, event_id)
+        if read is None:
+            return _bad_request()
+        event, user = read
         return _json(
             {"event_id": event, "user_id": user, "ordinal": next(ordinals), "issued_at": _issued_at()}, 201
         )
@@ -130,11 +141,10 @@ def _decided_route(app: Sanic[Config, SimpleNamespace], redis_url: str, keys: tu
 
     @app.post("/decided/events/<event_id:str>/issue")
     async def decided_issue(request: Request, event_id: str) -> HTTPResponse:
-        try:
-            user = orjson.loads(request.body)["user_id"]
-            event = int(event_id)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return _json({"error": {"code": "invalid_request", "message": "bad request"}}, 400)
+        read = _issue_request(request, event_id)
+        if read is None:
+            return _bad_request()
+        event, user = read
         now_us, outcome = await request.app.ctx.redis.evalsha(request.app.ctx.issue_sha, 3, *keys, 0, user)
         if outcome <= 0:
             return _json({"error": {"code": "refused", "message": f"outcome {outcome}"}}, 409)
